@@ -1,0 +1,27 @@
+"""Base class of every stage's parameters: typed, defaults from the papers, unknown keys refused.
+
+Pipelines nest these in their YAML config, so a misspelt threshold fails at load time with its key path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import fsspec
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def _exists(path: str) -> str:
+    fs, p = fsspec.core.url_to_fs(os.path.expanduser(path))
+    if not fs.exists(p):
+        raise ValueError(f"path does not exist: {path}")
+    return path
+
+
+# A config path (local or fsspec URL) checked when the config loads, so a typo fails before any work.
+ExistingPath = Annotated[str, AfterValidator(_exists)]

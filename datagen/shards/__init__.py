@@ -1,0 +1,469 @@
+"""Shard format v1 (the contract of ../shared/DESIGN.md §3): samples, their WebDataset encoding,
+the size-capped atomic shard writer, and the dataset-level files (index, quarantine, manifest).
+
+A dataset directory holds ``shards/<source>-<NNNNNN>.tar``, ``index.parquet``, ``quarantine.parquet``
+and ``manifest.json``. Every path here may be a local path or an fsspec URL (s3://, gs://, ...).
+
+CLI: ``python -m datagen.shards validate|stats|view DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+FORMAT_VERSION = 1
+KINDS = ("video", "objaverse", "image", "router")
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+MANIFEST_FILE = "manifest.json"
+INDEX_COLUMNS = (
+    "key", "shard", "source", "n_frames", "n_subjects", "width", "height", "caption",
+    "subject_area_min", "subject_area_max",
+)
+QUARANTINE_COLUMNS = ("unit_id", "stage", "reason", "detail")
+SHARD_NAME = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<number>\d{6})\.tar$")
+FRAME_FILE = re.compile(r"^frame\.(?P<j>\d+)\.jpg$")
+MASK_FILE = re.compile(r"^mask\.(?P<j>\d+)\.(?P<i>\d+)\.png$")
+DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
+
+
+@dataclass
+class Frame:
+    """One RGB frame (H×W×3 uint8) with its caption and source fields (``time_s`` or ``view``)."""
+
+    image: np.ndarray
+    caption: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass
+class Subject:
+    """One subject identity across the frames of a sample.
+
+    ``masks[j]`` is the H×W boolean instance mask in frame j (absent where the subject is not in frame j);
+    ``boxes[j]`` its [x0, y0, x1, y1] pixel box (derived from the mask when not given).
+    ``fields`` holds source extras written into meta.json, e.g. ``{"reference": "target_crop"}``.
+    """
+
+    id: int
+    phrase: str
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    boxes: dict[int, list[float]] = field(default_factory=dict)
+    det_score: float | None = None
+    match_score: float | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def box(self, j: int) -> list[float]:
+        if j in self.boxes:
+            return [float(v) for v in self.boxes[j]]
+        return mask_box(self.masks[j])
+
+
+@dataclass
+class Sample:
+    """A group of frames of the same subjects (DESIGN §3). ``scores`` become ``score_<name>`` index columns."""
+
+    key: str
+    source: str
+    frames: list[Frame]
+    subjects: list[Subject] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class FormatError(ValueError):
+    """A sample or dataset that breaks the shard contract."""
+
+
+def stable_key(prefix: str, identity: str, *parts: object) -> str:
+    """Deterministic sample key: ``<prefix>-<sha1(identity)[:20]>[-<parts>]`` (no dots, safe in tar names)."""
+    digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:20]
+    tail = "-".join(str(p) for p in parts)
+    key = f"{prefix}-{digest}" + (f"-{tail}" if tail else "")
+    return re.sub(r"[^A-Za-z0-9_-]", "_", key)
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """Tight [x0, y0, x1, y1] pixel box of a mask (x1, y1 exclusive)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise FormatError("empty mask has no box")
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _encode_mask(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def sample_meta(sample: Sample) -> dict[str, Any]:
+    """The ``meta.json`` document of a sample."""
+    frames = [
+        {"caption": fr.caption, "width": fr.width, "height": fr.height, **fr.fields} for fr in sample.frames
+    ]
+    subjects = [
+        {
+            "id": s.id,
+            "phrase": s.phrase,
+            "boxes": {str(j): s.box(j) for j in sorted(set(s.masks) | set(s.boxes))},
+            "det_score": s.det_score,
+            "match_score": s.match_score,
+            **s.fields,
+        }
+        for s in sample.subjects
+    ]
+    return {
+        "version": FORMAT_VERSION,
+        "source": sample.source,
+        "frames": frames,
+        "subjects": subjects,
+        "provenance": sample.provenance,
+        "models": sample.models,
+        "scores": sample.scores,
+    }
+
+
+def check_sample(sample: Sample) -> None:
+    """Raise FormatError when a sample cannot be written as v1."""
+    if not sample.key or "." in sample.key or "/" in sample.key:
+        raise FormatError(f"bad key {sample.key!r}: must be non-empty, without dots or slashes")
+    if sample.source not in KINDS:
+        raise FormatError(f"{sample.key}: source {sample.source!r} not one of {KINDS}")
+    if not sample.frames:
+        raise FormatError(f"{sample.key}: no frames")
+    ids = [s.id for s in sample.subjects]
+    if len(set(ids)) != len(ids):
+        raise FormatError(f"{sample.key}: duplicate subject ids {ids}")
+    for fr in sample.frames:
+        if fr.image.ndim != 3 or fr.image.shape[2] != 3:
+            raise FormatError(f"{sample.key}: frame must be H×W×3, got {fr.image.shape}")
+    for s in sample.subjects:
+        for j, m in s.masks.items():
+            if not 0 <= j < len(sample.frames):
+                raise FormatError(f"{sample.key}: subject {s.id} has a mask for missing frame {j}")
+            if m.shape != sample.frames[j].image.shape[:2]:
+                raise FormatError(
+                    f"{sample.key}: mask {j}.{s.id} is {m.shape}, frame is {sample.frames[j].image.shape[:2]}"
+                )
+
+
+def encode_sample(sample: Sample, jpeg_quality: int = 95) -> dict[str, Any]:
+    """Sample → WebDataset dict (``__key__`` plus file name → bytes)."""
+    check_sample(sample)
+    out: dict[str, Any] = {"__key__": sample.key}
+    for j, fr in enumerate(sample.frames):
+        out[f"frame.{j}.jpg"] = _encode_jpeg(fr.image, jpeg_quality)
+    for s in sample.subjects:
+        for j, m in sorted(s.masks.items()):
+            out[f"mask.{j}.{s.id}.png"] = _encode_mask(m)
+    out["meta.json"] = json.dumps(sample_meta(sample), default=_json_default).encode("utf-8")
+    return out
+
+
+def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert(mode))
+
+
+def decode_sample(raw: dict[str, Any]) -> Sample:
+    """WebDataset dict (raw bytes, as ``webdataset.WebDataset`` yields it) → Sample."""
+    meta = json.loads(raw["meta.json"])
+    if meta.get("version") != FORMAT_VERSION:
+        raise FormatError(f"{raw.get('__key__')}: meta version {meta.get('version')} != {FORMAT_VERSION}")
+    frames = []
+    for j, fm in enumerate(meta["frames"]):
+        fields_ = {k: v for k, v in fm.items() if k not in ("caption", "width", "height")}
+        frames.append(Frame(decode_image(raw[f"frame.{j}.jpg"]), fm.get("caption", ""), fields_))
+    subjects = []
+    for sm in meta["subjects"]:
+        masks = {}
+        for j in range(len(frames)):
+            name = f"mask.{j}.{sm['id']}.png"
+            if name in raw:
+                masks[j] = decode_image(raw[name], "L") > 127
+        subjects.append(
+            Subject(
+                id=int(sm["id"]),
+                phrase=sm["phrase"],
+                masks=masks,
+                boxes={int(j): b for j, b in sm.get("boxes", {}).items()},
+                det_score=sm.get("det_score"),
+                match_score=sm.get("match_score"),
+                fields={k: v for k, v in sm.items() if k not in _SUBJECT_KEYS},
+            )
+        )
+    return Sample(
+        key=raw["__key__"],
+        source=meta["source"],
+        frames=frames,
+        subjects=subjects,
+        provenance=meta.get("provenance", {}),
+        models=meta.get("models", {}),
+        scores=meta.get("scores", {}),
+    )
+
+
+_SUBJECT_KEYS = ("id", "phrase", "boxes", "det_score", "match_score")
+
+
+def index_row(sample: Sample, shard: str) -> dict[str, Any]:
+    """One ``index.parquet`` row; ``subject_area_*`` are mask areas as fractions of their frame."""
+    areas = [
+        float(m.sum()) / m.size for s in sample.subjects for m in s.masks.values()
+    ]
+    first = sample.frames[0]
+    row = {
+        "key": sample.key,
+        "shard": shard,
+        "source": sample.source,
+        "n_frames": len(sample.frames),
+        "n_subjects": len(sample.subjects),
+        "width": first.width,
+        "height": first.height,
+        "caption": first.caption,
+        "subject_area_min": min(areas) if areas else None,
+        "subject_area_max": max(areas) if areas else None,
+    }
+    row.update({f"score_{k}": float(v) for k, v in sample.scores.items()})
+    return row
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+
+def shard_name(source: str, number: int) -> str:
+    return f"{source}-{number:06d}.tar"
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+class ShardWriter:
+    """Writes encoded samples into tars of at most ``max_bytes`` each, named by ``allocate_name()``.
+
+    A shard appears under its final name only when complete: it is written to a hidden temporary name
+    beside it and renamed (local disk), or written locally and uploaded in one put (object stores, where
+    a put is atomic). ``close()`` returns ``{shard name: [keys]}`` for the shards it finished.
+    """
+
+    TAR_BLOCK = 512
+
+    def __init__(
+        self,
+        shards_url: str,
+        allocate_name: Callable[[], str],
+        max_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    ):
+        self.fs, self.dir = fsspec.core.url_to_fs(shards_url)
+        self.local = _is_local(self.fs)
+        self.fs.makedirs(self.dir, exist_ok=True)
+        self.allocate_name = allocate_name
+        self.max_bytes = max_bytes
+        self.finished: dict[str, list[str]] = {}
+        self._name: str | None = None
+        self._tmp: str | None = None
+        self._file: Any = None
+        self._tar: wds.TarWriter | None = None
+        self._bytes = 0
+        self._keys: list[str] = []
+
+    def _size(self, encoded: dict[str, Any]) -> int:
+        blocks = self.TAR_BLOCK
+        return sum(
+            blocks + -(-len(v) // blocks) * blocks for k, v in encoded.items() if not k.startswith("_")
+        )
+
+    def _open(self) -> None:
+        self._name = self.allocate_name()
+        if not SHARD_NAME.match(self._name):
+            raise FormatError(f"bad shard name {self._name!r}")
+        tmp_dir = self.dir if self.local else tempfile.gettempdir()
+        self._tmp = os.path.join(tmp_dir, f".{self._name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._file = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+        self._bytes, self._keys = 0, []
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._file.close()
+        final = join(self.dir, self._name)
+        if self.local:
+            os.replace(self._tmp, final)
+        else:
+            self.fs.put_file(self._tmp, final)
+            os.remove(self._tmp)
+        self.finished[self._name] = self._keys
+        self._tar = self._file = self._name = self._tmp = None
+
+    def write(self, encoded: dict[str, Any]) -> str:
+        size = self._size(encoded)
+        if self._tar is not None and self._keys and self._bytes + size > self.max_bytes:
+            self._finish()
+        if self._tar is None:
+            self._open()
+        self._tar.write(encoded)
+        self._bytes += size
+        self._keys.append(encoded["__key__"])
+        return self._name
+
+    def close(self) -> dict[str, list[str]]:
+        self._finish()
+        return self.finished
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temp file) without publishing it."""
+        if self._tar is not None:
+            self._file.close()
+            os.remove(self._tmp)
+            self._tar = self._file = self._name = self._tmp = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------------- dataset-level files
+
+
+def list_shards(dataset: str, source: str | None = None) -> list[str]:
+    """Shard file names under ``<dataset>/shards`` (optionally of one source), sorted."""
+    fs, path = fsspec.core.url_to_fs(join(dataset, SHARDS_DIR))
+    if not fs.exists(path):
+        return []
+    names = []
+    for p in fs.ls(path, detail=False):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        m = SHARD_NAME.match(name)
+        if m and (source is None or m["source"] == source):
+            names.append(name)
+    return sorted(names)
+
+
+def shard_urls(dataset: str, names: Iterable[str] | None = None) -> list[str]:
+    names = list_shards(dataset) if names is None else names
+    return [join(dataset, SHARDS_DIR, n) for n in names]
+
+
+def _table(rows: list[dict[str, Any]], leading: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.Table:
+    extra = sorted({k for r in rows for k in r} - set(leading))
+    columns = [*leading, *extra]
+    arrays = {}
+    for c in columns:
+        values = [r.get(c) for r in rows]
+        arrays[c] = pa.array(values, type=types.get(c, pa.float64() if c.startswith("score_") else None))
+    return pa.table(arrays) if rows else pa.schema([(c, types[c]) for c in leading]).empty_table()
+
+
+_INDEX_TYPES = {
+    "key": pa.string(), "shard": pa.string(), "source": pa.string(), "n_frames": pa.int32(),
+    "n_subjects": pa.int32(), "width": pa.int32(), "height": pa.int32(), "caption": pa.string(),
+    "subject_area_min": pa.float64(), "subject_area_max": pa.float64(),
+}
+_QUARANTINE_TYPES = {c: pa.string() for c in (*QUARANTINE_COLUMNS, "source", "kind")}
+
+
+def _write_parquet(table: pa.Table, url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    if _is_local(fs):
+        os.replace(tmp, path)
+    else:
+        fs.mv(tmp, path)
+
+
+def write_index(dataset: str, rows: list[dict[str, Any]]) -> None:
+    _write_parquet(_table(rows, INDEX_COLUMNS, _INDEX_TYPES), join(dataset, INDEX_FILE))
+
+
+def write_quarantine(dataset: str, rows: list[dict[str, Any]]) -> None:
+    _write_parquet(_table(rows, QUARANTINE_COLUMNS, _QUARANTINE_TYPES), join(dataset, QUARANTINE_FILE))
+
+
+def read_table(dataset: str, name: str) -> pa.Table:
+    fs, path = fsspec.core.url_to_fs(join(dataset, name))
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def write_manifest(dataset: str, manifest: dict[str, Any]) -> None:
+    fs, path = fsspec.core.url_to_fs(join(dataset, MANIFEST_FILE))
+    with fs.open(path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
+
+
+def read_manifest(dataset: str) -> dict[str, Any]:
+    fs, path = fsspec.core.url_to_fs(join(dataset, MANIFEST_FILE))
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+# -------------------------------------------------------------------------------------------- reading
+
+
+def iter_raw(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Raw WebDataset samples (bytes values) of the given shard URLs, in order."""
+    yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+
+
+def iter_samples(dataset: str) -> Iterator[Sample]:
+    """Every sample of a dataset directory, decoded."""
+    for raw in iter_raw(shard_urls(dataset)):
+        yield decode_sample(raw)

@@ -1,0 +1,97 @@
+"""The pipeline YAML: typed, validated in full before any work (unknown keys and missing paths name
+their key path), with CLI overrides applied on top.
+
+    out: data/sample            # dataset directory (local path or fsspec URL)
+    models: auto                # auto | real | tiny   (datagen/models.py)
+    ray: {address: null}        # null = a private local Ray; "auto" or ray://host:10001 = a cluster
+    writer: {units_per_shard: 256, max_shard_bytes: 1000000000}
+    registry: {captioner: {id: Qwen/Qwen2-VL-2B-Instruct, path: null}, ...}
+    sources:
+      objaverse: {...}          # one section per source, see pipelines/sources/<name>.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, create_model
+
+from datagen.models import Mode, RegistryConfig
+from datagen.params import Params
+from pipelines.sources import SOURCES
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; raised before any work starts."""
+
+
+class RayConfig(Params):
+    address: str | None = None
+    num_cpus: int | None = None  # local Ray only; None = every core
+    progress_bars: bool = False  # Ray Data's per-operator bars, beside our own
+    runtime_env: dict[str, Any] | None = None  # e.g. {"working_dir": "."} when nodes lack the package
+
+
+class WriterConfig(Params):
+    units_per_shard: int = Field(256, ge=1)  # units handed to one writer call (and one ledger part)
+    max_shard_bytes: int = Field(1_000_000_000, ge=1)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    num_cpus: float = 1.0
+    input_blocks: int | None = None  # Ray blocks of the unit list; default 4 per writer batch
+
+
+SourcesConfig = create_model(
+    "SourcesConfig", __base__=Params, **{name: (src.Config | None, None) for name, src in SOURCES.items()}
+)
+
+
+class PipelineConfig(Params):
+    out: str = "data/dataset"
+    models: Mode = "auto"
+    ray: RayConfig = RayConfig()
+    writer: WriterConfig = WriterConfig()
+    registry: RegistryConfig = RegistryConfig()
+    sources: SourcesConfig = SourcesConfig()
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key")
+        else:
+            lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read, merge CLI overrides (dotted keys → values) and validate; ConfigError names each bad key."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {}) or {}
+        node[leaf] = value
+    try:
+        return PipelineConfig.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(f"config {path} is invalid:\n{_describe(e)}") from None
+
+
+def config_hash(cfg: PipelineConfig, source: str | None) -> str:
+    """Hash of what decides the output (``out``, Ray placement and resources excluded)."""
+    doc = cfg.model_dump(mode="json", exclude={"out", "ray"})
+    if source is not None:
+        doc["sources"] = {source: doc["sources"][source]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,273 @@
+"""Runs one source: units → Ray Data stage graph → shard writer → ledger → dataset files + manifest.
+
+The only place that knows how work is spread. Sources declare units and stages; the runner
+- lists units, drops the finished ones (ledger), resolves the models once (fails before any work),
+- streams the rest through the stages on Ray Data (tasks for CPU stages, actor pools for models),
+- writes shards in the workers (size-capped, atomic, numbered by one small actor), one ledger part each,
+- shows progress (units/s, samples/s, ETA) and ends with a stats report, also kept in the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from datagen import models as registry
+from datagen import shards
+from datagen.units import Outcome
+from pipelines import ledger
+from pipelines.config import PipelineConfig, config_hash
+from pipelines.sources import Source
+from pipelines.stages import apply, items_of, unit_row
+
+log = logging.getLogger(__name__)
+
+
+class ShardNumbers:
+    """Hands out shard numbers of one source: holes left by deleted shards first, then new ones."""
+
+    def __init__(self, used: list[int]):
+        self.used = set(used)
+        self.next_free = 0
+
+    def next(self) -> int:
+        while self.next_free in self.used:
+            self.next_free += 1
+        self.used.add(self.next_free)
+        return self.next_free
+
+
+def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers: Any, run_id: str,
+                max_shard_bytes: int, jpeg_quality: int) -> dict[str, np.ndarray]:
+    """Writer stage: encode the batch's samples into shards, record one ledger part, report per unit."""
+    import ray
+
+    items = items_of(batch)
+    encoded: list[tuple[Any, list[dict[str, Any]]]] = []
+    for it in items:
+        if it.alive and not it.samples:
+            it.outcome = Outcome("filtered", "write", "no_samples", "every stage ran, no sample was left")
+        if not it.alive:
+            continue
+        try:
+            encoded.append((it, [shards.encode_sample(s, jpeg_quality) for s in it.samples]))
+        except Exception as e:  # noqa: BLE001 — a sample breaking the contract is quarantined, not written
+            it.outcome = Outcome("failed", "write", type(e).__name__, str(e))
+
+    def allocate() -> str:
+        return shards.shard_name(source, ray.get(numbers.next.remote()))
+
+    index, units = [], []
+    with shards.ShardWriter(shards.join(out, shards.SHARDS_DIR), allocate, max_shard_bytes) as writer:
+        for it, docs in encoded:
+            for sample, doc in zip(it.samples, docs):
+                index.append(shards.index_row(sample, writer.write(doc)))
+    for it in items:
+        record = {"unit_id": it.unit.id, "drops": dict(it.drops)}
+        if it.alive:
+            record.update(status=ledger.KEPT, keys=[s.key for s in it.samples], stage="", reason="")
+        else:
+            o = it.outcome
+            record.update(status=o.kind, keys=[], stage=o.stage, reason=o.reason, detail=o.detail)
+        units.append(record)
+    ledger.write_part(out, source, run_id, writer.finished, units, index)
+    return {
+        "unit_id": np.array([u["unit_id"] for u in units], dtype=object),
+        "status": np.array([u["status"] for u in units], dtype=object),
+        "n_samples": np.array([len(u["keys"]) for u in units], dtype=np.int64),
+    }
+
+
+@dataclass
+class RunResult:
+    source: str
+    listed: int
+    skipped: int
+    processed: Counter
+    samples: int
+    seconds: float
+    counts: dict[str, Any]
+
+
+def code_version() -> str:
+    from importlib.metadata import version
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return version("anystory-data") + (f"+g{sha}" if sha else "")
+
+
+def init_ray(cfg: PipelineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address
+    if not address:
+        # A private local cluster: Ray 2.60 turns token auth on by default, which a one-box run does not need.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=address or None, num_cpus=None if address else cfg.ray.num_cpus,
+             runtime_env=cfg.ray.runtime_env, include_dashboard=False, log_to_driver=True,
+             logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.print_on_execution_start = cfg.ray.progress_bars
+
+
+def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None,
+               retry_failed: bool = False) -> RunResult:
+    import ray
+    import ray.data
+
+    out = cfg.out
+    scfg = getattr(cfg.sources, source.name)
+    start = time.time()
+    specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models)  # fails here, before any work
+    units = source.units(scfg)
+    if limit is not None:
+        units = units[:limit]
+    ids = [u.id for u in units]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise ValueError(f"source {source.name} listed unit {dup!r} twice: unit ids must be unique")
+    parts = ledger.reconcile(out, source.name)
+    done = ledger.done_units(parts, retry_failed)
+    todo = [u for u in units if u.id not in done]
+    print(f"[{source.name}] {len(units)} units listed, {len(units) - len(todo)} already done, "
+          f"{len(todo)} to process; models: {_models_line(specs)}")
+
+    processed: Counter = Counter()
+    samples = 0
+    if todo:
+        init_ray(cfg)
+        used = [int(shards.SHARD_NAME.match(n)["number"]) for n in shards.list_shards(out, source.name)]
+        numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(used)
+        run_id = uuid.uuid4().hex[:12]
+        blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // cfg.writer.units_per_shard) * 4)
+        ds = ray.data.from_items([unit_row(u) for u in todo], override_num_blocks=max(1, blocks))
+        for stage in source.stages(scfg, specs):
+            ds = apply(ds, stage)
+        ds = ds.map_batches(
+            write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",
+            num_cpus=cfg.writer.num_cpus,
+            fn_kwargs=dict(out=out, source=source.name, numbers=numbers, run_id=run_id,
+                           max_shard_bytes=cfg.writer.max_shard_bytes, jpeg_quality=cfg.writer.jpeg_quality),
+        )
+        bar = tqdm(total=len(todo), desc=f"{source.name}", unit="unit", dynamic_ncols=True)
+        t0 = time.time()
+        for row in ds.iter_rows():
+            processed[row["status"]] += 1
+            samples += int(row["n_samples"])
+            rate = samples / max(time.time() - t0, 1e-9)
+            bar.set_postfix(samples=samples, samples_s=f"{rate:.2f}", kept=processed[ledger.KEPT],
+                            quarantined=processed[ledger.FILTERED] + processed[ledger.FAILED], refresh=False)
+            bar.update(1)
+        bar.close()
+        ray.kill(numbers)
+
+    parts = ledger.reconcile(out, source.name)
+    counts = ledger.summarize(parts)
+    result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,
+                       time.time() - start, counts)
+    finalize(cfg, source, specs, result, start)
+    return result
+
+
+def _models_line(specs: dict[str, registry.ModelSpec]) -> str:
+    return ", ".join(f"{r}={s.mode}" for r, s in specs.items()) or "none"
+
+
+def finalize(cfg: PipelineConfig, source: Source, specs: dict[str, registry.ModelSpec], result: RunResult,
+             start: float) -> None:
+    """Rebuild index.parquet and quarantine.parquet from every source's ledger, then the manifest."""
+    out = cfg.out
+    index, quarantine = [], []
+    for name in ledger.sources(out):
+        parts = ledger.read_parts(out, name)
+        index += ledger.index_rows(parts)
+        quarantine += ledger.quarantine_rows(name, parts)
+    shards.write_index(out, index)
+    shards.write_quarantine(out, quarantine)
+
+    try:
+        manifest = shards.read_manifest(out)
+    except FileNotFoundError:
+        manifest = {}
+    iso = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()  # noqa: E731
+    scfg = getattr(cfg.sources, source.name)
+    section = {
+        "kind": source.kind,
+        "config": scfg.model_dump(mode="json"),
+        "config_hash": config_hash(cfg, source.name),
+        "models": registry.describe(specs),
+        "synthetic_models": registry.synthetic(specs),
+        "counts": result.counts,
+        "start_time": iso(start),
+        "end_time": iso(time.time()),
+        "code_version": code_version(),
+    }
+    per_source = {**manifest.get("sources", {}), source.name: section}
+    totals = _merge_counts([s["counts"] for s in per_source.values()])
+    manifest.update(
+        format_version=shards.FORMAT_VERSION,
+        code_version=section["code_version"],
+        config={"writer": cfg.writer.model_dump(mode="json"), "models": cfg.models,
+                "registry": cfg.registry.model_dump(mode="json"),
+                "sources": {n: s["config"] for n, s in per_source.items()}},
+        config_hash=config_hash(cfg, None),
+        models={n: s["models"] for n, s in per_source.items()},
+        synthetic_models=any(s["synthetic_models"] for s in per_source.values()),
+        counts=totals,
+        start_time=min(s["start_time"] for s in per_source.values()),
+        end_time=max(s["end_time"] for s in per_source.values()),
+        sources=per_source,
+    )
+    shards.write_manifest(out, manifest)
+
+
+def _merge_counts(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for c in counts:
+        for k, v in c.items():
+            if isinstance(v, dict):
+                merged = Counter(total.get(k, {}))
+                merged.update(v)
+                total[k] = dict(sorted(merged.items()))
+            else:
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def report(result: RunResult) -> str:
+    """The end-of-run stats report (this run, then the dataset's totals for the source)."""
+    c = result.counts
+    run_units = sum(result.processed.values())
+    lines = [
+        f"== {result.source}: {result.listed} units listed, {result.skipped} skipped (done before), "
+        f"{run_units} processed in {result.seconds:.1f}s "
+        f"({run_units / max(result.seconds, 1e-9):.2f} units/s, {result.samples / max(result.seconds, 1e-9):.2f} "
+        f"samples/s)",
+        f"   this run: kept {result.processed[ledger.KEPT]}, filtered {result.processed[ledger.FILTERED]}, "
+        f"failed {result.processed[ledger.FAILED]}, samples written {result.samples}",
+        f"   dataset:  {c['units_kept']} units kept → {c['samples']} samples; "
+        f"{c['units_filtered'] + c['units_failed']} quarantined "
+        f"({c['units_filtered']} filtered, {c['units_failed']} failed)",
+    ]
+    for title, key in (("filtered", "filtered"), ("failed", "failed"), ("dropped subjects", "dropped")):
+        for reason, n in c[key].items():
+            lines.append(f"   {title:16s} {reason}: {n}")
+    return "\n".join(lines)

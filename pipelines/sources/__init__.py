@@ -1,0 +1,46 @@
+"""Sources: one module each, defining ``SOURCE``, an object with
+
+- ``name`` (CLI name and shard prefix), ``kind`` (meta.json ``source``: video|objaverse|image|router),
+- ``Config`` (its ``Params`` section under ``sources.<name>`` in the YAML),
+- ``units(cfg) -> list[Unit]`` (deterministic, run in the driver),
+- ``roles(cfg) -> list[str]`` (model registry roles it needs, resolved at start-up),
+- ``stages(cfg, models) -> list[Stage]`` (the datagen stages, in order, with their resources).
+
+Modules here are discovered by name, so adding a source is adding a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Protocol
+
+from datagen.models import ModelSpec
+from datagen.params import Params
+from datagen.units import Unit
+from pipelines.stages import Stage
+
+
+class Source(Protocol):
+    name: str
+    kind: str
+    Config: type[Params]
+
+    def units(self, cfg: Any) -> list[Unit]: ...
+
+    def roles(self, cfg: Any) -> list[str]: ...
+
+    def stages(self, cfg: Any, models: dict[str, ModelSpec]) -> list[Stage]: ...
+
+
+def _discover() -> dict[str, Source]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        source = getattr(module, "SOURCE", None)
+        if source is not None:
+            found[source.name] = source
+    return found
+
+
+SOURCES: dict[str, Source] = _discover()

@@ -1,0 +1,36 @@
+"""Source ``coco``: COCO-format instance annotations → router samples (single images, exact masks)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from datagen import coco
+from datagen.models import ModelSpec
+from datagen.params import ExistingPath, Params
+from datagen.units import Unit
+from pipelines.stages import Resources, Stage, TaskStage
+
+
+class Config(Params):
+    annotations: ExistingPath  # instances_*.json
+    images: ExistingPath  # folder the annotations' file_name are relative to
+    params: coco.CocoParams = coco.CocoParams()
+    load: Resources = Resources()
+
+
+class CocoSource:
+    name = "coco"
+    kind = "router"
+    Config = Config
+
+    def units(self, cfg: Config) -> list[Unit]:
+        return coco.list_units(cfg.annotations, cfg.images, cfg.params)
+
+    def roles(self, cfg: Config) -> list[str]:
+        return []
+
+    def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
+        return [TaskStage("load", partial(coco.load_sample, p=cfg.params), cfg.load)]
+
+
+SOURCE = CocoSource()
