@@ -52,15 +52,11 @@ def _fs(out: str, source: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def write_part(out: str, source: str, run_id: str, shard_keys: dict[str, list[str]],
                units: list[dict[str, Any]], index: list[dict[str, Any]]) -> str:
-    fs, root = _fs(out, source)
-    fs.makedirs(root, exist_ok=True)
     first = min(shard_keys) if shard_keys else "none"
     name = f"{first.removesuffix('.tar')}-{uuid.uuid4().hex[:12]}.json"
     part = Part(name, time.time(), run_id, shard_keys, units, index)
-    tmp = f"{root}/.{name}.tmp"
-    with fs.open(tmp, "w") as f:
+    with shards.atomic_open(shards.join(out, LEDGER_DIR, source, name), "w") as f:
         f.write(part.to_json())
-    fs.mv(tmp, f"{root}/{name}")
     return name
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -37,6 +38,10 @@ INDEX_COLUMNS = (
     "subject_area_min", "subject_area_max",
 )
 QUARANTINE_COLUMNS = ("unit_id", "stage", "reason", "detail")
+MANIFEST_FIELDS = (
+    "format_version", "config", "config_hash", "code_version", "models", "synthetic_models", "counts",
+    "start_time", "end_time",
+)
 SHARD_NAME = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<number>\d{6})\.tar$")
 FRAME_FILE = re.compile(r"^frame\.(?P<j>\d+)\.jpg$")
 MASK_FILE = re.compile(r"^mask\.(?P<j>\d+)\.(?P<i>\d+)\.png$")
@@ -329,7 +334,7 @@ class ShardWriter:
         tmp_dir = self.dir if self.local else tempfile.gettempdir()
         self._tmp = os.path.join(tmp_dir, f".{self._name}.tmp-{uuid.uuid4().hex[:8]}")
         self._file = open(self._tmp, "wb")
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: a float mtime costs a PAX header per file
         self._bytes, self._keys = 0, []
 
     def _finish(self) -> None:
@@ -418,15 +423,23 @@ _INDEX_TYPES = {
 _QUARANTINE_TYPES = {c: pa.string() for c in (*QUARANTINE_COLUMNS, "source", "kind")}
 
 
-def _write_parquet(table: pa.Table, url: str) -> None:
+@contextmanager
+def atomic_open(url: str, mode: str = "wb") -> Iterator[Any]:
+    """Open ``url`` for writing so that readers see the old file or the whole new one, never a half."""
     fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        pq.write_table(table, f)
+    with fs.open(tmp, mode) as f:
+        yield f
     if _is_local(fs):
         os.replace(tmp, path)
     else:
         fs.mv(tmp, path)
+
+
+def _write_parquet(table: pa.Table, url: str) -> None:
+    with atomic_open(url) as f:
+        pq.write_table(table, f)
 
 
 def write_index(dataset: str, rows: list[dict[str, Any]]) -> None:
@@ -444,8 +457,7 @@ def read_table(dataset: str, name: str) -> pa.Table:
 
 
 def write_manifest(dataset: str, manifest: dict[str, Any]) -> None:
-    fs, path = fsspec.core.url_to_fs(join(dataset, MANIFEST_FILE))
-    with fs.open(path, "w") as f:
+    with atomic_open(join(dataset, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
 
 

@@ -1,0 +1,37 @@
+"""``python -m datagen.shards validate|stats|view DIR``."""
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m datagen.shards", description="inspect a shard dataset (format v1)")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check every tar, sample, index and manifest; exit 1 on any violation")
+    v.add_argument("dataset")
+    s = sub.add_parser("stats", help="counts per source, subjects per sample, kept/filtered by reason")
+    s.add_argument("dataset")
+    s.add_argument("--json", action="store_true")
+    g = sub.add_parser("view", help="write a self-contained HTML gallery")
+    g.add_argument("dataset")
+    g.add_argument("--out", required=True)
+    g.add_argument("--limit", type=int, default=100, help="at most this many samples")
+    g.add_argument("--source", help="only samples of this kind (video|objaverse|image|router)")
+    args = p.parse_args(argv)
+    if args.command == "validate":
+        from datagen.shards.validate import validate
+
+        report = validate(args.dataset)
+        print(report.render())
+        return 0 if report.ok else 1
+    if args.command == "stats":
+        from datagen.shards.stats import main as stats_main
+
+        return stats_main(args.dataset, args.json)
+    from datagen.shards.gallery import main as view_main
+
+    return view_main(args.dataset, args.out, args.limit, args.source)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
