@@ -89,9 +89,10 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineC
         raise ConfigError(f"config {path} is invalid:\n{_describe(e)}") from None
 
 
-def config_hash(cfg: PipelineConfig, source: str | None) -> str:
-    """Hash of what decides the output (``out``, Ray placement and resources excluded)."""
+def config_hash(cfg: PipelineConfig, source: str | None, source_cfg: Params | None = None) -> str:
+    """Hash of what decides the output (``out`` and Ray placement excluded), for all sources or one."""
     doc = cfg.model_dump(mode="json", exclude={"out", "ray"})
     if source is not None:
-        doc["sources"] = {source: doc["sources"][source]}
+        doc["sources"] = {source: source_cfg.model_dump(mode="json") if source_cfg is not None
+                          else doc["sources"][source]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -128,13 +128,14 @@ def init_ray(cfg: PipelineConfig) -> None:
     ctx.print_on_execution_start = cfg.ray.progress_bars
 
 
-def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None,
-               retry_failed: bool = False) -> RunResult:
+def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, retry_failed: bool = False,
+               source_cfg: Any = None) -> RunResult:
+    """Run one source into ``cfg.out``; ``source_cfg`` defaults to the config's ``sources.<name>`` section."""
     import ray
     import ray.data
 
     out = cfg.out
-    scfg = getattr(cfg.sources, source.name)
+    scfg = source_cfg if source_cfg is not None else getattr(cfg.sources, source.name)
     start = time.time()
     specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models)  # fails here, before any work
     units = source.units(scfg)
@@ -183,7 +184,7 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None,
     counts = ledger.summarize(parts)
     result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,
                        time.time() - start, counts)
-    finalize(cfg, source, specs, result, start)
+    finalize(cfg, source, scfg, specs, result, start)
     return result
 
 
@@ -191,8 +192,8 @@ def _models_line(specs: dict[str, registry.ModelSpec]) -> str:
     return ", ".join(f"{r}={s.mode}" for r, s in specs.items()) or "none"
 
 
-def finalize(cfg: PipelineConfig, source: Source, specs: dict[str, registry.ModelSpec], result: RunResult,
-             start: float) -> None:
+def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, registry.ModelSpec],
+             result: RunResult, start: float) -> None:
     """Rebuild index.parquet and quarantine.parquet from every source's ledger, then the manifest."""
     out = cfg.out
     index, quarantine = [], []
@@ -208,11 +209,10 @@ def finalize(cfg: PipelineConfig, source: Source, specs: dict[str, registry.Mode
     except FileNotFoundError:
         manifest = {}
     iso = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()  # noqa: E731
-    scfg = getattr(cfg.sources, source.name)
     section = {
         "kind": source.kind,
         "config": scfg.model_dump(mode="json"),
-        "config_hash": config_hash(cfg, source.name),
+        "config_hash": config_hash(cfg, source.name, scfg),
         "models": registry.describe(specs),
         "synthetic_models": registry.synthetic(specs),
         "counts": result.counts,

@@ -1,0 +1,164 @@
+"""The runner end to end on local Ray: shards + index + quarantine + manifest, resume, rebuild of a deleted
+shard, retry of failed units, failure isolation in batches, bad configs refused before any work."""
+
+import json
+import os
+import time
+
+import pytest
+
+from datagen import shards
+from datagen.shards.validate import validate
+from pipelines import ledger
+from pipelines.cli import main as cli_main
+from pipelines.config import PipelineConfig, WriterConfig
+from pipelines.runner import run_source
+from tests.pipelines.toy_source import ToyConfig, ToySource
+
+UNITS = [f"ok-{i}" for i in range(7)] + ["two-0", "bad-0", "crash-0", "reject-0", "poison-0"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def run(out, units=UNITS, **kw):
+    cfg = PipelineConfig(out=str(out), writer=WriterConfig(units_per_shard=3))
+    return run_source(ToySource(), cfg, source_cfg=ToyConfig(units=units), **kw)
+
+
+def state(out):
+    names = shards.list_shards(str(out))
+    mtimes = {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in names}
+    parts = sorted(os.listdir(os.path.join(out, "_ledger", "toy")))
+    return names, mtimes, parts
+
+
+def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
+    out = tmp_path / "ds"
+    result = run(out)
+    assert result.processed == {"kept": 8, "failed": 3, "filtered": 1}
+    assert result.samples == 9  # "two-0" yields two samples
+    report = validate(str(out))
+    assert report.ok, report.violations
+    assert report.samples == 9
+    q = {r["unit_id"]: r for r in shards.read_table(str(out), shards.QUARANTINE_FILE).to_pylist()}
+    assert q["bad-0"]["reason"] == "corrupt_input" and q["bad-0"]["stage"] == "load"
+    assert q["crash-0"]["reason"] == "ZeroDivisionError" and "stage bug" in q["crash-0"]["detail"]
+    assert q["reject-0"]["kind"] == "filtered" and q["reject-0"]["reason"] == "too_few_subjects"
+    # the poisoned unit failed alone: its batch-mates were retried one by one and kept
+    assert q["poison-0"]["stage"] == "model" and "device-side assert" in q["poison-0"]["detail"]
+    assert set(q) == {"bad-0", "crash-0", "reject-0", "poison-0"}
+    samples = list(shards.iter_samples(str(out)))
+    assert all(s.models["toy"] == "v1" for s in samples)
+    manifest = shards.read_manifest(str(out))
+    counts = manifest["sources"]["toy"]["counts"]
+    assert counts["units_kept"] == 8 and counts["samples"] == 9
+    assert counts["failed"] == {"load/corrupt_input": 1, "load/ZeroDivisionError": 1, "model/RuntimeError": 1}
+    assert counts["filtered"] == {"load/too_few_subjects": 1}
+    assert counts["dropped"] == {"load/box_aspect": 9}  # drops before a later failure count too
+    assert manifest["synthetic_models"] is False and manifest["format_version"] == 1
+    assert all(f in manifest for f in shards.MANIFEST_FIELDS)
+
+
+def test_rerun_writes_nothing_and_deleted_shard_is_rebuilt_alone(ray_local, tmp_path):
+    out = tmp_path / "ds"
+    run(out)
+    names, mtimes, parts = state(out)
+    keys_before = {r["key"] for r in shards.read_table(str(out), shards.INDEX_FILE).to_pylist()}
+    t0 = time.time()
+    again = run(out)
+    assert sum(again.processed.values()) == 0 and again.skipped == len(UNITS)
+    assert state(out) == (names, mtimes, parts)  # not a byte rewritten
+
+    victim = names[1]
+    part = next(p for p in ledger.read_parts(str(out), "toy") if victim in p.shards)
+    os.remove(os.path.join(out, "shards", victim))
+    rebuilt = run(out)
+    assert sum(rebuilt.processed.values()) == len(part.units)  # only that shard's units
+    names2, mtimes2, _ = state(out)
+    assert names2 == names  # the hole is filled with the same shard number
+    assert all(mtimes2[n] == mtimes[n] for n in names if n != victim)
+    keys_after = [r["key"] for r in shards.read_table(str(out), shards.INDEX_FILE).to_pylist()]
+    assert sorted(keys_after) == sorted(keys_before) and len(keys_after) == len(set(keys_after))
+    assert validate(str(out)).ok
+    assert time.time() - t0 > 0
+
+
+def test_limit_and_retry_quarantined(ray_local, tmp_path):
+    out = tmp_path / "ds"
+    first = run(out, limit=3)
+    assert first.listed == 3 and sum(first.processed.values()) == 3
+    run(out)
+    retried = run(out, retry_failed=True)
+    # failed units run again (and fail again with the same reasons); filtered units stay filtered
+    assert retried.processed == {"failed": 3}
+    q = shards.read_table(str(out), shards.QUARANTINE_FILE).to_pylist()
+    assert sorted(r["unit_id"] for r in q) == ["bad-0", "crash-0", "poison-0", "reject-0"]
+
+
+def test_ray_data_reads_the_shards(ray_local, tmp_path):
+    import ray.data
+
+    out = tmp_path / "ds"
+    run(out, units=["ok-0", "ok-1", "two-0"])
+    rows = ray.data.read_webdataset(shards.shard_urls(str(out)), decoder=None).take_all()
+    assert sorted(r["__key__"] for r in rows) == ["toy-ok-0-0", "toy-ok-1-0", "toy-two-0-0", "toy-two-0-1"]
+    assert all(json.loads(r["meta.json"])["version"] == 1 for r in rows)
+
+
+def test_ledger_drops_orphans_and_parts_that_repeat_keys(tmp_path, sample_factory):
+    out = str(tmp_path)
+    shard_dir = shards.join(out, shards.SHARDS_DIR)
+    for name, key in (("toy-000000.tar", "k0"), ("toy-000001.tar", "k0"), ("toy-000002.tar", "k9")):
+        with shards.ShardWriter(shard_dir, lambda n=name: n) as w:
+            w.write(shards.encode_sample(sample_factory(key=key)))
+    unit = lambda uid, key: {"unit_id": uid, "status": "kept", "keys": [key], "stage": "", "reason": ""}  # noqa
+    ledger.write_part(out, "toy", "r1", {"toy-000000.tar": ["k0"]}, [unit("u0", "k0")], [])
+    time.sleep(0.01)
+    ledger.write_part(out, "toy", "r2", {"toy-000001.tar": ["k0"]}, [unit("u0", "k0")], [])  # a retried writer
+    valid = ledger.reconcile(out, "toy")
+    assert [list(p.shards) for p in valid] == [["toy-000000.tar"]]
+    assert shards.list_shards(out) == ["toy-000000.tar"]  # the duplicate and the orphan (k9) are gone
+
+
+def write_cfg(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, capsys):
+    out = tmp_path / "never"
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    cfg = write_cfg(tmp_path, f"out: {out}\nwritr: {{}}\nsources:\n  coco:\n    annotations: {ann}\n"
+                              f"    images: {tmp_path}\n    prams: {{}}\n")
+    assert cli_main(["coco", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "writr: unknown key" in err and "sources.coco.prams: unknown key" in err
+    cfg = write_cfg(tmp_path, f"out: {out}\nsources:\n  coco:\n    annotations: {tmp_path}/missing.json\n"
+                              f"    images: {tmp_path}\n")
+    assert cli_main(["coco", "--config", cfg]) == 2
+    assert "sources.coco.annotations: Value error, path does not exist" in capsys.readouterr().err
+    cfg = write_cfg(tmp_path, f"out: {out}\nsources:\n  coco:\n    annotations: {ann}\n    images: {tmp_path}\n"
+                              "    params: {filters: {min_score: high}}\n")
+    assert cli_main(["coco", "--config", cfg]) == 2
+    assert "sources.coco.params.filters.min_score" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_weights_fail_at_start_up_with_fetch_hint(monkeypatch):
+    from datagen import models
+
+    with pytest.raises(models.MissingModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct"):
+        models.resolve(["captioner", "detector"], models.RegistryConfig(), "real")
+    tiny = models.resolve(["captioner"], models.RegistryConfig(), "auto")
+    assert tiny["captioner"].mode == "tiny" and models.synthetic(tiny)
+    assert models.describe(tiny)["captioner"]["revision"] == "tiny"

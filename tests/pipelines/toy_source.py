@@ -1,0 +1,65 @@
+"""A source made for testing the runner alone: unit ids say how each unit behaves."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from datagen.params import Params
+from datagen.units import BadInput, Item, Rejected, Unit
+from pipelines.stages import ActorStage, Resources, TaskStage
+from tests.shard_factory import make_sample
+
+BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two")
+
+
+class ToyConfig(Params):
+    units: list[str]  # "<behaviour>-<n>"
+    actor: bool = True
+
+
+def load(item: Item) -> Item:
+    behaviour = item.unit.id.split("-")[0]
+    if behaviour == "bad":
+        raise BadInput("corrupt_input", f"{item.unit.id} is corrupt")
+    if behaviour == "crash":
+        raise ZeroDivisionError("stage bug")
+    if behaviour == "reject":
+        raise Rejected("too_few_subjects", "0 < 2")
+    n = 2 if behaviour == "two" else 1
+    seed = sum(map(ord, item.unit.id))
+    item.samples = [make_sample(key=f"toy-{item.unit.id}-{k}", seed=seed + k, source="image") for k in range(n)]
+    item.drop("load", "box_aspect", 1)
+    return item
+
+
+class Model:
+    """A batch 'model' that fails on any batch holding a poisoned unit (so the batch is retried one by one)."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        if any(it.unit.id.startswith("poison") for it in items):
+            raise RuntimeError("CUDA error: device-side assert (simulated)")
+        for it in items:
+            for s in it.samples:
+                s.models["toy"] = self.tag
+        return items
+
+
+class ToySource:
+    name = "toy"
+    kind = "image"
+    Config = ToyConfig
+
+    def units(self, cfg: ToyConfig) -> list[Unit]:
+        return [Unit(u, {}) for u in cfg.units]
+
+    def roles(self, cfg: ToyConfig) -> list[str]:
+        return []
+
+    def stages(self, cfg: ToyConfig, models):
+        stages = [TaskStage("load", load, Resources(num_cpus=0.5))]
+        if cfg.actor:
+            stages.append(ActorStage("model", partial(Model, "v1"), Resources(num_cpus=0.5, batch_size=4)))
+        return stages
