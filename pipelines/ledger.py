@@ -38,11 +38,12 @@ class Part:
     shards: dict[str, list[str]]
     units: list[dict[str, Any]]
     index: list[dict[str, Any]] = field(default_factory=list)
+    node: str = ""  # the Ray node that wrote it (debugging a cluster run)
 
     def to_json(self) -> str:
         return json.dumps(
-            {"time": self.time, "run_id": self.run_id, "shards": self.shards, "units": self.units,
-             "index": self.index}
+            {"time": self.time, "run_id": self.run_id, "node": self.node, "shards": self.shards,
+             "units": self.units, "index": self.index}
         )
 
 
@@ -51,10 +52,10 @@ def _fs(out: str, source: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def write_part(out: str, source: str, run_id: str, shard_keys: dict[str, list[str]],
-               units: list[dict[str, Any]], index: list[dict[str, Any]]) -> str:
+               units: list[dict[str, Any]], index: list[dict[str, Any]], node: str = "") -> str:
     first = min(shard_keys) if shard_keys else "none"
     name = f"{first.removesuffix('.tar')}-{uuid.uuid4().hex[:12]}.json"
-    part = Part(name, time.time(), run_id, shard_keys, units, index)
+    part = Part(name, time.time(), run_id, shard_keys, units, index, node)
     with shards.atomic_open(shards.join(out, LEDGER_DIR, source, name), "w") as f:
         f.write(part.to_json())
     return name
@@ -69,7 +70,7 @@ def read_parts(out: str, source: str) -> list[Part]:
         with fs.open(path, "r") as f:
             doc = json.load(f)
         parts.append(Part(path.rsplit("/", 1)[-1], doc["time"], doc["run_id"], doc["shards"], doc["units"],
-                          doc.get("index", [])))
+                          doc.get("index", []), doc.get("node", "")))
     return sorted(parts, key=lambda p: (p.time, p.name))
 
 

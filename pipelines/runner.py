@@ -80,7 +80,8 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
             o = it.outcome
             record.update(status=o.kind, keys=[], stage=o.stage, reason=o.reason, detail=o.detail)
         units.append(record)
-    ledger.write_part(out, source, run_id, writer.finished, units, index)
+    ledger.write_part(out, source, run_id, writer.finished, units, index,
+                      node=ray.get_runtime_context().get_node_id())
     return {
         "unit_id": np.array([u["unit_id"] for u in units], dtype=object),
         "status": np.array([u["status"] for u in units], dtype=object),
@@ -120,9 +121,10 @@ def init_ray(cfg: PipelineConfig) -> None:
     if not address:
         # A private local cluster: Ray 2.60 turns token auth on by default, which a one-box run does not need.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=address or None, num_cpus=None if address else cfg.ray.num_cpus,
-             runtime_env=cfg.ray.runtime_env, include_dashboard=False, log_to_driver=True,
-             logging_level=logging.WARNING)
+    # "local" starts a private instance even when `ray start` left a cluster running on this machine.
+    kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
+    ray.init(address=address or "local", runtime_env=cfg.ray.runtime_env, log_to_driver=True,
+             logging_level=logging.WARNING, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.print_on_execution_start = cfg.ray.progress_bars

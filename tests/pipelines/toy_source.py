@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 from datagen.params import Params
@@ -15,9 +16,11 @@ BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two")
 class ToyConfig(Params):
     units: list[str]  # "<behaviour>-<n>"
     actor: bool = True
+    seconds_per_unit: float = 0.0  # simulated work, so that a cluster has a reason to spread it
 
 
-def load(item: Item) -> Item:
+def load(item: Item, seconds: float = 0.0) -> Item:
+    time.sleep(seconds)
     behaviour = item.unit.id.split("-")[0]
     if behaviour == "bad":
         raise BadInput("corrupt_input", f"{item.unit.id} is corrupt")
@@ -59,7 +62,7 @@ class ToySource:
         return []
 
     def stages(self, cfg: ToyConfig, models):
-        stages = [TaskStage("load", load, Resources(num_cpus=0.5))]
+        stages = [TaskStage("load", partial(load, seconds=cfg.seconds_per_unit), Resources(num_cpus=0.5))]
         if cfg.actor:
             stages.append(ActorStage("model", partial(Model, "v1"), Resources(num_cpus=0.5, batch_size=4)))
         return stages

@@ -1,0 +1,42 @@
+# Two commands set up and run everything on a fresh machine: `make dataset` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Optional backends installed by `make setup` (see README "Extras"); add `blender` for photoreal renders.
+EXTRAS ?= dev,render,official
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+SAMPLE_INPUTS ?= data/inputs
+SAMPLE_OUT ?= data/sample
+
+.PHONY: setup dataset test test-slow bench clean-sample
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml or the constraints change (or the venv is gone).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned with torchvision: other pairs break torchvision's ops (see README)
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+dataset: setup
+	$(BIN)/python -m datagen.samples $(SAMPLE_INPUTS)
+	$(BIN)/python -m pipelines all --config configs/sample.yaml --out $(SAMPLE_OUT)
+	$(BIN)/python -m datagen.shards validate $(SAMPLE_OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+bench: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-sample:
+	rm -rf $(SAMPLE_INPUTS) $(SAMPLE_OUT)
