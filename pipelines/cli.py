@@ -1,9 +1,9 @@
 """``python -m pipelines <source|all> --config FILE [--out DIR] [--address ADDR] [--models auto|real|tiny]
 [--limit N] [--retry-quarantined]``
 
-``all`` runs every source that has a section in the config, in the config's order, into one dataset.
-Exit status: 0 when the run finished (quarantined units included), 2 for a bad config or missing weights
-(nothing was started), 1 for anything else.
+``all`` runs every source that has a section in the config (in name order) into one dataset.
+Exit status: 0 when the run finished (quarantined units included), 2 for a bad config, missing weights or
+actor pools that cannot fit (nothing was started), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
-    from pipelines.runner import report, run_source
+    from pipelines.runner import ResourceError, report, run_source
     from pipelines.sources import SOURCES
 
     overrides = {k: v for k, v in (("out", args.out), ("ray.address", args.address),
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             result = run_source(SOURCES[name], cfg, limit=args.limit, retry_failed=args.retry_quarantined)
-        except MissingModelError as e:
+        except (MissingModelError, ResourceError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(report(result))

@@ -28,7 +28,7 @@ from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, config_hash
 from pipelines.sources import Source
-from pipelines.stages import apply, items_of, unit_row
+from pipelines.stages import ActorStage, TaskStage, apply, items_of, unit_row
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,38 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
         "status": np.array([u["status"] for u in units], dtype=object),
         "n_samples": np.array([len(u["keys"]) for u in units], dtype=np.int64),
     }
+
+
+class ResourceError(RuntimeError):
+    """The stages' actor pools cannot all be placed on the cluster at once (the run would hang)."""
+
+
+def check_resources(stages: list, writer_cpus: float, cluster: dict[str, float], local: bool) -> None:
+    """Actor pools hold their resources for the whole run: they, plus one task, must fit in the cluster.
+
+    Ray Data would otherwise wait forever for an actor that cannot be placed. On a local run this is an error
+    naming the stages to shrink; on a cluster (which may autoscale) a warning.
+    """
+    actors = [s for s in stages if isinstance(s, ActorStage)]
+    need_cpu = sum(s.resources.concurrency * s.resources.num_cpus for s in actors)
+    need_gpu = sum(s.resources.concurrency * s.resources.num_gpus for s in actors)
+    task_cpu = max([writer_cpus] + [s.resources.num_cpus for s in stages if isinstance(s, TaskStage)])
+    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    problems = []
+    if need_cpu + task_cpu > have_cpu:
+        problems.append(f"actor pools need {need_cpu:g} CPUs plus {task_cpu:g} for tasks, the cluster has "
+                        f"{have_cpu:g}")
+    if need_gpu > have_gpu:
+        problems.append(f"actor pools need {need_gpu:g} GPUs, the cluster has {have_gpu:g}")
+    if not problems:
+        return
+    pools = ", ".join(f"{s.name}: {s.resources.concurrency}×({s.resources.num_cpus:g} CPU, "
+                      f"{s.resources.num_gpus:g} GPU)" for s in actors)
+    message = (f"{'; '.join(problems)} ({pools}). Lower `concurrency`/`num_cpus`/`num_gpus` of these stages "
+               "in the config, or add nodes.")
+    if local:
+        raise ResourceError(message)
+    log.warning("%s", message)
 
 
 @dataclass
@@ -159,10 +191,12 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
         init_ray(cfg)
         used = [int(shards.SHARD_NAME.match(n)["number"]) for n in shards.list_shards(out, source.name)]
         numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(used)
+        stages = source.stages(scfg, specs)
+        check_resources(stages, cfg.writer.num_cpus, ray.cluster_resources(), local=not cfg.ray.address)
         run_id = uuid.uuid4().hex[:12]
         blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // cfg.writer.units_per_shard) * 4)
         ds = ray.data.from_items([unit_row(u) for u in todo], override_num_blocks=max(1, blocks))
-        for stage in source.stages(scfg, specs):
+        for stage in stages:
             ds = apply(ds, stage)
         ds = ds.map_batches(
             write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",

@@ -162,3 +162,17 @@ def test_missing_weights_fail_at_start_up_with_fetch_hint(monkeypatch):
     tiny = models.resolve(["captioner"], models.RegistryConfig(), "auto")
     assert tiny["captioner"].mode == "tiny" and models.synthetic(tiny)
     assert models.describe(tiny)["captioner"]["revision"] == "tiny"
+
+
+def test_actor_pools_that_cannot_fit_are_refused_before_the_run():
+    from pipelines.runner import ResourceError, check_resources
+    from pipelines.stages import ActorStage, Resources, TaskStage
+
+    model = lambda n, cpu, gpu=0.0: ActorStage(f"m{n}", dict, Resources(num_cpus=cpu, num_gpus=gpu))  # noqa: E731
+    load = TaskStage("load", lambda it: it, Resources(num_cpus=1))
+    check_resources([load, model(1, 0.5), model(2, 0.5)], 1.0, {"CPU": 2.0}, local=True)
+    with pytest.raises(ResourceError, match=r"need 2 CPUs plus 1 for tasks, the cluster has 2.*m1: 1×\(1 CPU"):
+        check_resources([load, model(1, 1), model(2, 1)], 1.0, {"CPU": 2.0}, local=True)
+    with pytest.raises(ResourceError, match="need 1 GPUs, the cluster has 0"):
+        check_resources([model(1, 0.1, 1.0)], 1.0, {"CPU": 8.0}, local=True)
+    check_resources([model(1, 0.1, 1.0)], 1.0, {"CPU": 8.0}, local=False)  # a cluster may autoscale: warn only
