@@ -1,0 +1,118 @@
+"""Per-sample choices, made from ``meta.json`` and file names alone (no image decoding), so that a resume can
+replay them cheaply: the target frame, a reference frame per subject, the aspect bucket and the condition drop.
+
+AnyStory §3.4: one image of a pair is the reference, another image of the same subject in a different context the
+target; a subject seen in one frame only (router data, unmatched video subjects) is its own reference, augmented.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from training.config import AugmentParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    raw: dict[str, Any]  # the sample's files (bytes), decoded later for the chosen frames only
+    meta: dict[str, Any]
+    target: int  # target frame
+    subjects: list[tuple[int, int]]  # (subject id, reference frame), at most max_subjects
+    bucket: tuple[int, int]  # (height, width) of the target
+    drop: bool  # drop the subject conditions of this sample (classifier-free guidance)
+    seed: int  # for the augmentations of this sample
+
+    @property
+    def key(self) -> str:
+        return self.raw["__key__"]
+
+
+def sdxl_buckets(resolution: int, step: int, max_aspect: float) -> list[tuple[int, int]]:
+    """SDXL-style aspect buckets: sides multiples of ``step``, area close to resolution² (SDXL paper §2.3)."""
+    area = resolution * resolution
+    out = set()
+    for h in range(step, int(resolution * math.sqrt(max_aspect)) + 1, step):
+        w = max(step, round(area / h / step) * step)
+        if max(h / w, w / h) <= max_aspect:
+            out.add((h, w))
+    return sorted(out)
+
+
+def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket closest in log aspect ratio (ties: the larger area)."""
+    aspect = math.log(height / width)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
+
+
+def subject_frames(raw: dict[str, Any], meta: dict[str, Any]) -> dict[int, list[int]]:
+    """Subject id → frames where it has a mask."""
+    n = len(meta["frames"])
+    return {s["id"]: [j for j in range(n) if f"mask.{j}.{s['id']}.png" in raw] for s in meta["subjects"]}
+
+
+def choose(raw: dict[str, Any], params: AugmentParams, buckets: list[tuple[int, int]],
+           rng: np.random.Generator) -> Plan | None:
+    """The choices for one raw sample; None when no frame shows a subject."""
+    meta = json.loads(raw["meta.json"])
+    frames_of = subject_frames(raw, meta)
+    candidates = sorted({j for js in frames_of.values() for j in js})
+    if not candidates:
+        return None
+    target = int(rng.choice(candidates))
+    present = [i for i, js in frames_of.items() if target in js]
+    if len(present) > params.max_subjects:
+        present = sorted(rng.choice(present, params.max_subjects, replace=False).tolist())
+    subjects = []
+    for i in present:
+        others = [j for j in frames_of[i] if j != target]
+        subjects.append((i, int(rng.choice(others)) if others else target))
+    frame = meta["frames"][target]
+    return Plan(
+        raw=raw,
+        meta=meta,
+        target=target,
+        subjects=subjects,
+        bucket=nearest_bucket(frame["height"], frame["width"], buckets),
+        drop=bool(rng.random() < params.drop_rate),
+        seed=int(rng.integers(2**63)),
+    )
+
+
+def plan_samples(raws: Iterator[dict[str, Any]], params: AugmentParams, buckets: list[tuple[int, int]],
+                 rng: np.random.Generator) -> Iterator[Plan]:
+    """Stage: raw samples → plans. A sample without any subject mask is skipped with a warning naming it."""
+    for raw in raws:
+        plan = choose(raw, params, buckets, rng)
+        if plan is None:
+            log.warning("%s (%s): plan: no frame shows a subject; skipped", raw["__key__"], raw.get("__source__"))
+            continue
+        yield plan
+
+
+def bucket_batches(plans: Iterator[Plan], batch_size: int) -> Iterator[list[Plan]]:
+    """Stage: group plans into batches of one bucket each.
+
+    The input is one finite round; at its end, plans left in incomplete buckets are batched together at the
+    bucket of each batch's first plan (so at most batch_size − 1 plans per round are dropped, not one per bucket).
+    """
+    pending: dict[tuple[int, int], list[Plan]] = {}
+    for plan in plans:
+        group = pending.setdefault(plan.bucket, [])
+        group.append(plan)
+        if len(group) == batch_size:
+            yield group
+            pending[plan.bucket] = []
+    rest = [p for group in pending.values() for p in group]
+    for i in range(0, len(rest) - batch_size + 1, batch_size):
+        batch = rest[i:i + batch_size]
+        for p in batch[1:]:
+            p.bucket = batch[0].bucket
+        yield batch
