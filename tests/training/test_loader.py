@@ -102,7 +102,7 @@ def test_reference_mask_stays_on_the_subject_pixels():
         assert _colour_fraction(pixels, BACKGROUND).sum() == 0
         t = augment.reference_inputs(canvas, canvas_mask, AugmentParams(reference_size=64))
         assert t["ref"].shape == (3, 64, 64) and t["ref_mask"].shape == (1, 8, 8) and t["clip"].shape == (3, 224, 224)
-        red = ((t["ref"][0] > 0.5) & (t["ref"][1] < -0.5)).float()  # red in [-1, 1]
+        red = ((t["ref"][0] > 191) & (t["ref"][1] < 64)).float()
         red_cells = red.view(8, 8, 8, 8).mean((1, 3))  # fraction of each latent cell that is red
         on = t["ref_mask"][0] > 0
         assert on[red_cells > 0.75].all() and not on[red_cells < 0.25].any()
@@ -123,7 +123,7 @@ def test_target_pixels_micro_conditioning_and_routing_masks_align(bucket, center
         assert (H, W, th, tw) == (80, 120, h, w) and 0 <= top <= 80 * scale - h and 0 <= left <= 120 * scale - w
         if center:
             assert abs(top - (80 * scale - h) / 2) <= 1 and abs(left - (120 * scale - w) / 2) <= 1
-        pixels = ((out["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5).round()
+        pixels = out["pixel_values"].permute(1, 2, 0).numpy()
         for k, (i, _) in enumerate(p.subjects):
             x0, y0, x1, y1 = subject_box(i, 0)
             for f in (1, 2):
@@ -173,8 +173,13 @@ def test_collated_batch_shapes_and_padding(colour_dataset):
     assert {f: tuple(m.shape) for f, m in batch["routing_masks"].items()} == {1: (2, 3, 8, 12), 2: (2, 3, 4, 6)}
     valid = batch["subject_valid"]
     assert valid[:, 2].sum() == 0 and valid[:, 0].all()  # at most 2 subjects here
-    assert batch["clip_pixel_values"][~valid].abs().sum() == 0 and batch["routing_masks"][1][~valid].sum() == 0
+    assert batch["clip_pixel_values"][~valid].sum() == 0 and batch["routing_masks"][1][~valid].sum() == 0
     assert len(batch["captions"]) == 2 and batch["drop_subjects"].dtype == torch.bool
+    assert batch["pixel_values"].dtype == batch["ref_pixel_values"].dtype == torch.uint8
+    model_inputs = augment.normalize(batch)
+    assert model_inputs["pixel_values"].min() >= -1 and model_inputs["pixel_values"].max() <= 1
+    white = augment.normalize({**batch, "clip_pixel_values": torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)})
+    assert torch.allclose(white["clip_pixel_values"].flatten(), ((1 - augment._CLIP_MEAN) / augment._CLIP_STD).flatten())
 
 
 def test_synthetic_datasets_are_refused_unless_allowed(colour_dataset, tmp_path):
