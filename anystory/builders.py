@@ -1,0 +1,145 @@
+"""Build every component from the JSON configs shipped in ``anystory/configs/`` — no hub needed for any shape.
+
+Two sizes share one structure: ``"sdxl"`` (SDXL base UNet and VAE, CLIP ViT-H/14 image encoder as used by
+IP-Adapter) and ``"tiny"`` (same block types and micro-conditioning, tiny widths) for tests and CPU smoke runs.
+Real weights come from ``pretrained=``: a local directory or a Hugging Face cache entry, always with
+``local_files_only=True``; a missing model fails at once with its name and the command that fetches it.
+
+Build full SDXL sizes without weights only on the meta device (``with torch.device("meta"): build_unet()``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SIZES = ("sdxl", "tiny")
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+CLIP_VIT_H = "h94/IP-Adapter"  # its models/image_encoder is laion/CLIP-ViT-H-14, the encoder IP-Adapter Plus uses
+CLIP_VIT_H_SUBFOLDER = "models/image_encoder"
+
+
+def load_config(size: str, which: str) -> dict[str, Any]:
+    """The shipped config ``<size>_<which>.json``; ``which`` in unet, vae, clip_vision, anystory (tiny also:
+    text_encoder, text_encoder_2). ``load_config(size, "scheduler")`` is the one SDXL scheduler config."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    path = CONFIG_DIR / ("scheduler.json" if which == "scheduler" else f"{size}_{which}.json")
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no config {path.name} in {CONFIG_DIR}; shipped: {shipped}")
+    return json.loads(path.read_text())
+
+
+def from_local(load: Callable[..., Any], what: str, path: str, subfolder: str | None, fetch: str, **kwargs) -> Any:
+    """``load(path, subfolder=..., local_files_only=True)``, re-raising a miss with the model and how to get it."""
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    try:
+        return load(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:  # transformers/diffusers raise OSError (EnvironmentError) for missing files
+        where = f"{path}/{subfolder}" if subfolder else path
+        raise FileNotFoundError(
+            f"{what}: no weights at {where!r} (a local directory or the Hugging Face cache; downloads are off). "
+            f"Fetch them with `{fetch}`, or pass a local directory. ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _sdxl_fetch(subfolders: str) -> str:
+    return f"hf download {SDXL_BASE} --include {subfolders}"
+
+
+def _to(module, device, dtype):
+    return module.to(device=device, dtype=dtype) if device is not None or dtype is not None else module
+
+
+def build_unet(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> UNet2DConditionModel:
+    """SDXL UNet: random from the shipped config, or from ``pretrained`` (an SDXL directory or hub id, ``unet/``)."""
+    if pretrained is not None:
+        unet = from_local(UNet2DConditionModel.from_pretrained, "SDXL UNet", pretrained, "unet",
+                          _sdxl_fetch("'unet/*'"), torch_dtype=dtype)
+        return _to(unet, device, None)
+    return _to(UNet2DConditionModel.from_config(load_config(size, "unet")), device, dtype)
+
+
+def build_vae(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> AutoencoderKL:
+    if pretrained is not None:
+        vae = from_local(AutoencoderKL.from_pretrained, "SDXL VAE", pretrained, "vae", _sdxl_fetch("'vae/*'"),
+                         torch_dtype=dtype)
+        return _to(vae, device, None)
+    return _to(AutoencoderKL.from_config(load_config(size, "vae")), device, dtype)
+
+
+def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfolder: str | None = None, device=None,
+                      dtype=None) -> CLIPVisionModelWithProjection:
+    """CLIP ViT-H/14 image encoder (hidden 1280, 32 layers, 257 tokens at 224²). For ``pretrained=CLIP_VIT_H`` the
+    subfolder defaults to IP-Adapter's ``models/image_encoder``."""
+    if pretrained is not None:
+        if subfolder is None and pretrained == CLIP_VIT_H:
+            subfolder = CLIP_VIT_H_SUBFOLDER
+        clip = from_local(CLIPVisionModelWithProjection.from_pretrained, "CLIP ViT-H/14 image encoder", pretrained,
+                          subfolder, f"hf download {CLIP_VIT_H} --include '{CLIP_VIT_H_SUBFOLDER}/*'", dtype=dtype)
+        return _to(clip, device, None)
+    return _to(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
+
+
+def build_scheduler(pretrained: str | None = None) -> EulerDiscreteScheduler:
+    if pretrained is not None:
+        return from_local(EulerDiscreteScheduler.from_pretrained, "SDXL scheduler", pretrained, "scheduler",
+                          _sdxl_fetch("'scheduler/*'"))
+    return EulerDiscreteScheduler.from_config(load_config("sdxl", "scheduler"))
+
+
+@cache
+def _tiny_vocab() -> dict[str, int]:
+    # Byte-level BPE with no merges: every byte is a token (and its end-of-word form), as CLIP's vocab starts.
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return vocab
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer built in memory (514 byte-level tokens, 77 positions): nothing read from a hub."""
+    return CLIPTokenizer(vocab=_tiny_vocab(), merges=[], model_max_length=77)
+
+
+def build_text_encoders_and_tokenizers(size: str = "tiny", pretrained: str | None = None, device=None, dtype=None
+                                       ) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
+                                                  CLIPTokenizer]:
+    """SDXL's two text encoders and tokenizers: from ``pretrained`` (an SDXL directory or hub id), or tiny random
+    ones with an in-memory tokenizer (the SDXL sizes are not shipped: use the real weights)."""
+    if pretrained is not None:
+        fetch = _sdxl_fetch("'text_encoder/*' 'text_encoder_2/*' 'tokenizer/*' 'tokenizer_2/*'")
+        te = from_local(CLIPTextModel.from_pretrained, "SDXL text encoder", pretrained, "text_encoder", fetch,
+                        dtype=dtype)
+        te2 = from_local(CLIPTextModelWithProjection.from_pretrained, "SDXL text encoder 2", pretrained,
+                         "text_encoder_2", fetch, dtype=dtype)
+        tok = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer", pretrained, "tokenizer", fetch)
+        tok2 = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer 2", pretrained, "tokenizer_2", fetch)
+        return _to(te, device, None), _to(te2, device, None), tok, tok2
+    if size != "tiny":
+        raise ValueError("SDXL text encoders are not shipped as configs: pass pretrained= (an SDXL directory)")
+    te = CLIPTextModel(CLIPTextConfig(**load_config(size, "text_encoder")))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**load_config(size, "text_encoder_2")))
+    return _to(te, device, dtype), _to(te2, device, dtype), tiny_tokenizer(), tiny_tokenizer()
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
