@@ -1,0 +1,74 @@
+"""Routing maps as pictures (paper Fig. 5, 6) and as reference-prompted segmentation masks (§3.3, end).
+
+Input is the pipeline's ``routing_maps``: per denoising step, per cross-attention layer, (B, N+1, h, w), the last
+of the N+1 being the background. All helpers return numpy arrays (uint8 RGB images, bool masks).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+# One colour per subject (overlays); the map ramp goes from dark blue (0) to yellow (1) as in Fig. 5.
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+                    [240, 50, 230], [210, 245, 60]], np.uint8)
+_LOW, _HIGH = np.array([68, 1, 84], np.float32), np.array([253, 231, 37], np.float32)
+
+Maps = Sequence[torch.Tensor]  # one step: per layer (B, N+1, h, w)
+
+
+def _steps(routing_maps: Sequence[Maps] | Maps) -> list[Maps]:
+    return [routing_maps] if isinstance(routing_maps[0], torch.Tensor) else list(routing_maps)
+
+
+def average_routing_maps(routing_maps: Sequence[Maps] | Maps, size: tuple[int, int],
+                         steps: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> torch.Tensor:
+    """Mean of M over the chosen steps and layers (all by default), each resized (bilinear) to ``size``:
+    (B, N+1, H, W). ``routing_maps`` is the pipeline's [step][layer] list, or one step's [layer] list."""
+    all_steps = _steps(routing_maps)
+    chosen = [all_steps[s] for s in (steps if steps is not None else range(len(all_steps)))]
+    resized = [F.interpolate(step[layer].float(), size=size, mode="bilinear", align_corners=False)
+               for step in chosen for layer in (layers if layers is not None else range(len(step)))]
+    return torch.stack(resized).mean(0)
+
+
+def segment_from_routing_maps(routing_maps: Sequence[Maps] | Maps, size: tuple[int, int],
+                              steps: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> np.ndarray:
+    """Reference-prompted segmentation (§3.3): average the maps over steps and layers, argmax over the N+1 axis;
+    returns (B, N, H, W) bool, one mask per subject (the background takes the rest; masks never overlap)."""
+    mean = average_routing_maps(routing_maps, size, steps, layers)
+    labels = mean.argmax(1)
+    return (labels[:, None] == torch.arange(mean.shape[1] - 1)[None, :, None, None]).numpy()
+
+
+def routing_grid(maps: Maps, sample: int = 0, cell: int = 32, rows: int = 10, background: bool = False) -> np.ndarray:
+    """Fig. 5: one panel per subject, panels stacked top to bottom; inside a panel every layer's map in order,
+    top-to-bottom then left-to-right (``rows`` per column), each ``cell``² pixels. The background map (the
+    complement of the others) is left out unless ``background``. Returns (H, W, 3) uint8."""
+    n = maps[0].shape[1] - (0 if background else 1)
+    columns = -(-len(maps) // rows)
+    grid = np.zeros((n * rows * cell, columns * cell, 3), np.uint8)
+    for layer, m in enumerate(maps):
+        cells = F.interpolate(m[sample : sample + 1, :n].float(), size=(cell, cell), mode="nearest")[0].numpy()
+        col, row = divmod(layer, rows)
+        for i in range(n):
+            y = (i * rows + row) * cell
+            ramp = cells[i, ..., None].clip(0, 1)
+            grid[y : y + cell, col * cell : (col + 1) * cell] = (_LOW + ramp * (_HIGH - _LOW)).astype(np.uint8)
+    return grid
+
+
+def routing_overlay(image, routing_maps: Sequence[Maps] | Maps, sample: int = 0, steps: Sequence[int] | None = None,
+                    layers: Sequence[int] | None = None, alpha: float = 0.5) -> np.ndarray:
+    """The segmentation of ``segment_from_routing_maps`` over ``image`` (PIL or HxWx3 uint8): each subject's region
+    tinted with its ``PALETTE`` colour, the background untouched. Returns (H, W, 3) uint8."""
+    rgb = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image, np.float32)
+    masks = segment_from_routing_maps(routing_maps, rgb.shape[:2], steps, layers)[sample]
+    out = rgb.copy()
+    for i, mask in enumerate(masks):
+        out[mask] = (1 - alpha) * rgb[mask] + alpha * PALETTE[i % len(PALETTE)]
+    return out.round().astype(np.uint8)

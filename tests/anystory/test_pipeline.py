@@ -1,0 +1,95 @@
+"""AnyStoryPipeline end to end on tiny components (offline, CPU), and the routing-map helpers."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from anystory.pipeline import AnyStoryPipeline, segment_subject
+from anystory.visualize import routing_grid, routing_overlay, segment_from_routing_maps
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return AnyStoryPipeline.build("tiny")
+
+
+def _subject(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    mask = np.zeros((48, 40), np.uint8)
+    mask[8:40, 10 + seed : 30] = 255
+    return image, mask
+
+
+def _run(pipe, subjects, **kw):
+    images, masks = zip(*subjects) if subjects else ((), ())
+    return pipe("a photo", subjects=None if subjects is None else list(images),
+                subject_masks=None if subjects is None else list(masks), num_inference_steps=STEPS,
+                output_type="np", generator=torch.Generator().manual_seed(0), **kw)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_generates_images_and_routing_maps_for_n_subjects(pipe, n):
+    out = _run(pipe, [_subject(i) for i in range(n)])
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+    assert len(out.routing_maps) == STEPS and all(len(step) == 11 for step in out.routing_maps)
+    for m in out.routing_maps[-1]:
+        assert m.shape[:2] == (1, n + 1) and m.shape[-1] in (4, 8)
+        torch.testing.assert_close(m.float().sum(1), torch.ones(1, *m.shape[-2:]), atol=2e-3, rtol=0)
+
+    grid = routing_grid(out.routing_maps[-1], cell=8, rows=4)
+    assert grid.shape == (n * 4 * 8, 3 * 8, 3) and grid.dtype == np.uint8
+    masks = segment_from_routing_maps(out.routing_maps, (64, 64), layers=range(9, 11))
+    assert masks.shape == (1, n, 64, 64) and masks.dtype == bool and masks.sum(1).max() <= 1
+    overlay = routing_overlay((out.images[0] * 255).astype(np.uint8), out.routing_maps[-1])
+    assert overlay.shape == (64, 64, 3) and overlay.dtype == np.uint8
+
+
+def test_no_subjects_bypasses_the_adapters_by_default(pipe):
+    base_unet = copy.deepcopy(pipe.unet)
+    base_unet.set_attn_processor(AttnProcessor2_0())  # SDXL's own processors, no AnyStory code involved
+    plain = StableDiffusionXLPipeline(pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer,
+                                      pipe.tokenizer_2, base_unet, pipe.scheduler, add_watermarker=False)
+    want = plain("a photo", num_inference_steps=STEPS, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    bypass = _run(pipe, None)
+    assert bypass.routing_maps == [] and np.abs(bypass.images - want).max() < 1e-5
+    background_only = _run(pipe, [])
+    assert np.abs(background_only.images - want).max() > 1e-4  # Eq. 5's background term
+    assert all((m[:, 0] == 1).all() for m in background_only.routing_maps[0])
+    assert np.abs(_run(pipe, [], eta=0.0).images - want).max() < 1e-5
+
+
+def test_eta_zero_and_gamma_off_reproduce_plain_sdxl_with_subjects(pipe):
+    subjects = [_subject(0), _subject(1)]
+    want = _run(pipe, None).images  # the bypass, equal to plain SDXL (test above)
+    assert np.abs(_run(pipe, subjects, eta=0.0, gamma=float("-inf")).images - want).max() < 1e-5
+    assert np.abs(_run(pipe, subjects).images - want).max() > 1e-4
+
+
+def test_segment_subject_cuts_crops_and_pads_to_a_square():
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[...] = (10, 20, 30)
+    mask = np.zeros((40, 20), bool)
+    mask[10:30, 5:15] = True
+    square, keep = segment_subject(image, mask, margin=0.0)
+    arr = np.asarray(square)
+    assert arr.shape == (20, 20, 3) and keep.shape == (20, 20) and keep.sum() == 200
+    assert (arr[keep.astype(bool)] == (10, 20, 30)).all() and (arr[~keep.astype(bool)] == 255).all()
+    with pytest.raises(ValueError, match="empty"):
+        segment_subject(image, np.zeros((40, 20), bool))
+
+
+def test_segmentation_masks_from_hand_made_maps():
+    left = torch.zeros(1, 3, 2, 2)
+    left[0, 0, :, 0], left[0, 1, 0, 1], left[0, 2, 1, 1] = 1, 1, 1  # subject 0 left, 1 top-right, bg bottom-right
+    masks = segment_from_routing_maps([[left]], (4, 4))
+    assert masks[0, 0, :, :2].all() and not masks[0, 0, :, 2:].any()
+    assert masks[0, 1, 0, 3] and not masks[0, 1, 3, 3] and not masks[0].any(0)[3, 3]
