@@ -64,8 +64,12 @@ def _sdxl_fetch(subfolders: str) -> str:
     return f"hf download {SDXL_BASE} --include {subfolders}"
 
 
-def _to(module, device, dtype):
-    return module.to(device=device, dtype=dtype) if device is not None or dtype is not None else module
+def place(module: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
+    """``module`` moved/cast when asked. Through ``nn.Module.to``: diffusers 0.42's ``ModelMixin.to`` warns about
+    float32-only modules on every dtype cast, even for models that have none."""
+    if device is None and dtype is None:
+        return module
+    return torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
 def build_unet(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> UNet2DConditionModel:
@@ -73,16 +77,16 @@ def build_unet(size: str = "sdxl", pretrained: str | None = None, device=None, d
     if pretrained is not None:
         unet = from_local(UNet2DConditionModel.from_pretrained, "SDXL UNet", pretrained, "unet",
                           _sdxl_fetch("'unet/*'"), torch_dtype=dtype)
-        return _to(unet, device, None)
-    return _to(UNet2DConditionModel.from_config(load_config(size, "unet")), device, dtype)
+        return place(unet, device, None)
+    return place(UNet2DConditionModel.from_config(load_config(size, "unet")), device, dtype)
 
 
 def build_vae(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> AutoencoderKL:
     if pretrained is not None:
         vae = from_local(AutoencoderKL.from_pretrained, "SDXL VAE", pretrained, "vae", _sdxl_fetch("'vae/*'"),
                          torch_dtype=dtype)
-        return _to(vae, device, None)
-    return _to(AutoencoderKL.from_config(load_config(size, "vae")), device, dtype)
+        return place(vae, device, None)
+    return place(AutoencoderKL.from_config(load_config(size, "vae")), device, dtype)
 
 
 def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfolder: str | None = None, device=None,
@@ -94,8 +98,8 @@ def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfold
             subfolder = CLIP_VIT_H_SUBFOLDER
         clip = from_local(CLIPVisionModelWithProjection.from_pretrained, "CLIP ViT-H/14 image encoder", pretrained,
                           subfolder, f"hf download {CLIP_VIT_H} --include '{CLIP_VIT_H_SUBFOLDER}/*'", dtype=dtype)
-        return _to(clip, device, None)
-    return _to(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
+        return place(clip, device, None)
+    return place(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
 
 
 def build_scheduler(pretrained: str | None = None) -> EulerDiscreteScheduler:
@@ -133,12 +137,12 @@ def build_text_encoders_and_tokenizers(size: str = "tiny", pretrained: str | Non
                          "text_encoder_2", fetch, dtype=dtype)
         tok = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer", pretrained, "tokenizer", fetch)
         tok2 = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer 2", pretrained, "tokenizer_2", fetch)
-        return _to(te, device, None), _to(te2, device, None), tok, tok2
+        return place(te, device, None), place(te2, device, None), tok, tok2
     if size != "tiny":
         raise ValueError("SDXL text encoders are not shipped as configs: pass pretrained= (an SDXL directory)")
     te = CLIPTextModel(CLIPTextConfig(**load_config(size, "text_encoder")))
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(**load_config(size, "text_encoder_2")))
-    return _to(te, device, dtype), _to(te2, device, dtype), tiny_tokenizer(), tiny_tokenizer()
+    return place(te, device, dtype), place(te2, device, dtype), tiny_tokenizer(), tiny_tokenizer()
 
 
 def count_parameters(module: torch.nn.Module) -> int:

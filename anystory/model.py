@@ -90,8 +90,11 @@ class AnyStoryModel(nn.Module):
     def build(cls, size: str = "sdxl", pretrained: str | None = None, clip_pretrained: str | None = None,
               ip_adapter: str | None = None, device=None, dtype=None) -> AnyStoryModel:
         """All parts from the shipped configs of ``size``; the UNet (and the ReferenceNet copied from it) from an SDXL
-        directory or hub id ``pretrained``, CLIP from ``clip_pretrained``, the subject QFormer and subject k/v
-        warm-started from an IP-Adapter Plus-SDXL file ``ip_adapter`` — each only when given (local files only)."""
+        directory or hub id ``pretrained``, CLIP from ``clip_pretrained`` (with ``pretrained``, it defaults to
+        IP-Adapter's ViT-H/14 in the HF cache), the subject QFormer and subject k/v warm-started from an IP-Adapter
+        Plus-SDXL file ``ip_adapter`` — each only when given; local files only."""
+        if pretrained is not None and clip_pretrained is None:
+            clip_pretrained = builders.CLIP_VIT_H
         unet = builders.build_unet(size, pretrained, device=device, dtype=dtype)
         clip = builders.build_clip_vision(size, clip_pretrained, device=device, dtype=dtype)
         cfg = builders.load_config(size, "anystory")
@@ -100,8 +103,8 @@ class AnyStoryModel(nn.Module):
                                  **cfg["subject_qformer"])
         router = SubjectRouter(latent_dims=[b.attn1.to_q.in_features for _, b in transformer_blocks(unet)],
                                embed_dims=clip_dim, **cfg["router"])
-        model = cls(unet, clip, qformer.to(device, dtype), ReferenceNet.from_unet(unet, **cfg["reference_net"]),
-                    router.to(device, dtype))
+        model = cls(unet, clip, builders.place(qformer, device, dtype),
+                    ReferenceNet.from_unet(unet, **cfg["reference_net"]), builders.place(router, device, dtype))
         if ip_adapter is not None:
             model.load_ip_adapter_plus(ip_adapter)
         return model
