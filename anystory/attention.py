@@ -10,8 +10,8 @@ Layer l is the l-th ``BasicTransformerBlock`` in execution order (down, mid, up;
   Layer 1 has no preceding routing map: like the paper, which drops G^1 for this reason (Eq. 3), it stays plain.
 
 Strengths: η scales Eq. 5 (0 = no CLIP subject condition); γ is an additive attention bias on the reference
-tokens: γ = −∞ turns reference attention off, 0 is the neutral (trained) strength. η = 0 with γ = −∞ reproduces
-base SDXL exactly. Without a ``RoutingState`` (``anystory=None``) both processors are plain SDXL attention: that is
+tokens: γ = −∞ turns reference attention off, 0 is the neutral (trained) strength (the paper's convention; "γ = 0
+for off" would leave it on). η = 0 with γ = −∞ reproduces base SDXL exactly. Without a ``RoutingState`` (``anystory=None``) both processors are plain SDXL attention: that is
 the adapter bypass.
 
 The processors are written for SDXL's transformer-block attention (3-D tokens; no group, spatial or q/k norm;

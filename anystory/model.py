@@ -15,6 +15,13 @@ subject injection where inference will put it).
 ``subjects=None`` bypasses every adapter (output = base SDXL, bit for bit); a ``SubjectBatch`` with no valid
 subject still adds Eq. 5's background term. Padded subject slots (``valid`` False) are excluded from routing,
 from Eq. 5 and from reference attention.
+
+Training recipe: ``params = model.freeze_for_stage(s)``; for bf16, ``model.cast_frozen(torch.bfloat16)`` and the
+forward under ``torch.autocast``; ``model.enable_gradient_checkpointing()``. Every returned parameter gets a
+gradient at every step when a batch holds a subject, η ≠ 0 and γ > −∞ (ReferenceNet weights that reach no feature
+stay frozen, layer 1 has no reference k/v), so DDP needs no ``find_unused_parameters``. Checkpoints:
+``save_adapters(dir)`` / ``load_adapters(dir)`` (safetensors, no base weights). Ground-truth masks are needed on
+the cross-attention grids: latent side / ``routing_factors``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ ADAPTER_FORMAT = 1
 ADAPTER_CONFIG = "anystory.json"
 ADAPTER_FILES = {"subject_encoder": "subject_encoder.safetensors", "reference_net": "reference_net.safetensors",
                  "router": "router.safetensors"}
+ADAPTER_PARTS = {"subject_encoder": "subject_qformer", "reference_net": "reference_net", "router": "router"}  # → config
 
 
 @dataclass
@@ -151,8 +159,10 @@ class AnyStoryModel(nn.Module):
                 *, eta: float = 1.0, gamma: float = 0.0,
                 routing_masks: torch.Tensor | Mapping[object, torch.Tensor] | None = None) -> AnyStoryOutput:
         """Noise prediction and the soft routing maps. ``subjects``: a batch (encoded here), already encoded
-        conditions (reuse across steps), or None (adapters bypassed). σ(M) is a Gumbel sample in ``train()`` mode,
-        the argmax in ``eval()``; ``routing_masks`` (B, N, H, W) ground truth replaces it (see module doc)."""
+        conditions (reuse across steps), or None (adapters bypassed). ``eta``: strength of Eq. 5 (0 = no CLIP subject
+        term); ``gamma``: additive bias of reference attention, Eq. 7 (−inf = off, 0 = trained strength). σ(M) is a
+        Gumbel sample in ``train()`` mode, the argmax in ``eval()``; ``routing_masks`` (B, N, H, W), or a mapping of
+        per-resolution masks, replaces it by the ground truth (see module doc)."""
         if subjects is None:
             noise = self.unet(noisy_latents, timesteps, encoder_hidden_states,
                               added_cond_kwargs=added_cond_kwargs).sample
@@ -196,6 +206,14 @@ class AnyStoryModel(nn.Module):
             p.requires_grad_(True)
         return params
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Frozen weights (base UNet, CLIP, the other stage's parts) to ``dtype``, e.g. bf16; trainable ones keep
+        their dtype (fp32 for the optimizer). Call after ``freeze_for_stage``; run the forward under
+        ``torch.autocast`` so that the two meet."""
+        for p in self.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
         self.reference_net.enable_gradient_checkpointing()
@@ -215,9 +233,10 @@ class AnyStoryModel(nn.Module):
                 "reference_net": prefixed("reference_net"), "router": prefixed("router")}
 
     def adapter_config(self) -> dict:
-        return {"format": ADAPTER_FORMAT, "layers": self.layer_names,
-                "subject_qformer": dict(self.subject_qformer.config), "reference_net": dict(self.reference_net.config),
-                "router": dict(self.router.config)}
+        """What ``anystory.json`` holds: the layer names and the configs of the saved models (JSON-normalised)."""
+        configs = {name: {k: v for k, v in getattr(self, name).config.items() if not k.startswith("_")}
+                   for name in ADAPTER_PARTS.values()}
+        return json.loads(json.dumps({"format": ADAPTER_FORMAT, "layers": self.layer_names, **configs}, default=list))
 
     def save_adapters(self, directory: str | Path, parts: tuple[str, ...] = tuple(ADAPTER_FILES)) -> None:
         """Write ``anystory.json`` and one safetensors file per part: subject_encoder (QFormer + attention k/v),
@@ -228,25 +247,21 @@ class AnyStoryModel(nn.Module):
         for part in parts:
             save_file({k: v.detach().contiguous().cpu() for k, v in states[part].items()},
                       str(directory / ADAPTER_FILES[part]), metadata={"format": str(ADAPTER_FORMAT), "part": part})
-        (directory / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config(), indent=2, default=list))
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config(), indent=2))
 
     def load_adapters(self, directory: str | Path, parts: tuple[str, ...] | None = None) -> list[str]:
         """Load the parts present in ``directory`` (or exactly ``parts``), strictly; returns the loaded part names.
         Refuses adapters saved for another architecture (layer names or part configs differ)."""
         directory = Path(directory)
-        saved = json.loads((directory / ADAPTER_CONFIG).read_text())
-        ours = json.loads(json.dumps(self.adapter_config(), default=list))
+        saved, ours = json.loads((directory / ADAPTER_CONFIG).read_text()), self.adapter_config()
         for key in ("format", "layers"):
             if saved.get(key) != ours[key]:
                 raise ValueError(f"{directory}: adapters saved with another {key} than this model's")
         parts = parts or tuple(p for p, f in ADAPTER_FILES.items() if (directory / f).is_file())
         targets = self.adapter_state_dicts()
         for part in parts:
-            for key in {"subject_encoder": ("subject_qformer",), "reference_net": ("reference_net",),
-                        "router": ("router",)}[part]:
-                if {k: v for k, v in saved[key].items() if not k.startswith("_")} != \
-                        {k: v for k, v in ours[key].items() if not k.startswith("_")}:
-                    raise ValueError(f"{directory}: {key} config differs from this model's")
+            if saved[ADAPTER_PARTS[part]] != ours[ADAPTER_PARTS[part]]:
+                raise ValueError(f"{directory}: {ADAPTER_PARTS[part]} config differs from this model's")
             state = load_file(str(directory / ADAPTER_FILES[part]))
             missing, unexpected = set(targets[part]) - set(state), set(state) - set(targets[part])
             if missing or unexpected:

@@ -7,20 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anystory.model import ADAPTER_FILES, AnyStoryModel
-from tests.anystory.conftest import make_model, make_subjects, make_unet_inputs
-
-
-def _perturb(model: AnyStoryModel, seed: int) -> None:
-    """Stand-in for training: move every adapter tensor away from its init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in [*model.stage1_parameters(), *model.stage2_parameters()]:
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+from tests.anystory.conftest import make_model, make_subjects, make_unet_inputs, perturb_adapters
 
 
 def test_adapters_round_trip_without_base_weights(tmp_path):
     trained, _ = make_model(seed=0)
-    _perturb(trained, seed=1)
+    perturb_adapters(trained, seed=1)
     trained.save_adapters(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*ADAPTER_FILES.values(), "anystory.json"])
 
@@ -54,7 +46,7 @@ def test_adapters_round_trip_without_base_weights(tmp_path):
 
 def test_stage_parts_save_and_load_alone(tmp_path):
     trained, _ = make_model()
-    _perturb(trained, seed=1)
+    perturb_adapters(trained, seed=1)
     trained.save_adapters(tmp_path, parts=("subject_encoder", "reference_net"))
     assert not (tmp_path / "router.safetensors").exists()
     fresh, _ = make_model()

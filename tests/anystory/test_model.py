@@ -191,3 +191,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
 def test_freeze_for_stage_refuses_other_stages(tiny):
     with pytest.raises(ValueError, match="stage"):
         tiny[0].freeze_for_stage(3)
+
+
+def test_stage1_in_bf16_autocast_keeps_trainable_weights_fp32(tiny):
+    model, _ = tiny
+    params = model.freeze_for_stage(1)
+    model.cast_frozen(torch.bfloat16)
+    model.train()
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16 and model.clip.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in params)
+    inputs, subjects, gt, noise = _stage_inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**inputs, subjects=subjects, routing_masks=gt)
+    (out.noise_pred.float() - noise).pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in params)

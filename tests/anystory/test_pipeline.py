@@ -10,6 +10,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from anystory.pipeline import AnyStoryPipeline, segment_subject
 from anystory.visualize import routing_grid, routing_overlay, segment_from_routing_maps
+from tests.anystory.conftest import perturb_adapters
 
 STEPS = 2
 
@@ -72,6 +73,21 @@ def test_eta_zero_and_gamma_off_reproduce_plain_sdxl_with_subjects(pipe):
     want = _run(pipe, None).images  # the bypass, equal to plain SDXL (test above)
     assert np.abs(_run(pipe, subjects, eta=0.0, gamma=float("-inf")).images - want).max() < 1e-5
     assert np.abs(_run(pipe, subjects).images - want).max() > 1e-4
+
+
+def test_pipeline_loads_trained_adapters(tmp_path):
+    torch.manual_seed(0)
+    trained = AnyStoryPipeline.build("tiny")
+    perturb_adapters(trained.model, seed=1)
+    trained.model.save_adapters(tmp_path)
+    subjects = [_subject(0), _subject(1)]
+    torch.manual_seed(0)
+    fresh = AnyStoryPipeline.build("tiny")
+    torch.manual_seed(0)
+    loaded = AnyStoryPipeline.build("tiny", adapters=str(tmp_path))
+    want = _run(trained, subjects).images
+    assert np.abs(_run(fresh, subjects).images - want).max() > 1e-4
+    assert np.array_equal(_run(loaded, subjects).images, want)
 
 
 def test_segment_subject_cuts_crops_and_pads_to_a_square():
