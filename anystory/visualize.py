@@ -45,20 +45,27 @@ def segment_from_routing_maps(routing_maps: Sequence[Maps] | Maps, size: tuple[i
     return (labels[:, None] == torch.arange(mean.shape[1] - 1)[None, :, None, None]).numpy()
 
 
-def routing_grid(maps: Maps, sample: int = 0, cell: int = 32, rows: int = 10, background: bool = False) -> np.ndarray:
-    """Fig. 5: one panel per subject, panels stacked top to bottom; inside a panel every layer's map in order,
-    top-to-bottom then left-to-right (``rows`` per column), each ``cell``² pixels. The background map (the
-    complement of the others) is left out unless ``background``. Returns (H, W, 3) uint8."""
-    n = maps[0].shape[1] - (0 if background else 1)
-    columns = -(-len(maps) // rows)
-    grid = np.zeros((n * rows * cell, columns * cell, 3), np.uint8)
-    for layer, m in enumerate(maps):
-        cells = F.interpolate(m[sample : sample + 1, :n].float(), size=(cell, cell), mode="nearest")[0].numpy()
-        col, row = divmod(layer, rows)
-        for i in range(n):
-            y = (i * rows + row) * cell
-            ramp = cells[i, ..., None].clip(0, 1)
-            grid[y : y + cell, col * cell : (col + 1) * cell] = (_LOW + ramp * (_HIGH - _LOW)).astype(np.uint8)
+def routing_grid(routing_maps: Sequence[Maps] | Maps, steps: Sequence[int] | None = None, sample: int = 0,
+                 cell: int = 32, rows: int = 10, gap: int = 4, background: bool = False) -> np.ndarray:
+    """Fig. 5: a row of panels per subject, a column per chosen denoising step (all by default); inside a panel the
+    maps of every cross-attention layer in order, top-to-bottom then left-to-right (``rows`` per column), each
+    ``cell``² pixels, dark blue 0 → yellow 1. The background map (the complement of the others) is left out unless
+    ``background``. Panels are ``gap`` white pixels apart. Returns (H, W, 3) uint8."""
+    all_steps = _steps(routing_maps)
+    chosen = [all_steps[s] for s in (steps if steps is not None else range(len(all_steps)))]
+    n = chosen[0][0].shape[1] - (0 if background else 1)
+    columns = -(-len(chosen[0]) // rows)
+    ph, pw = rows * cell, columns * cell
+    grid = np.full((n * (ph + gap) - gap, len(chosen) * (pw + gap) - gap, 3), 255, np.uint8)
+    for k, maps in enumerate(chosen):
+        for layer, m in enumerate(maps):
+            cells = F.interpolate(m[sample : sample + 1, :n].float(), size=(cell, cell), mode="nearest")[0].numpy()
+            col, row = divmod(layer, rows)
+            x = k * (pw + gap) + col * cell
+            for i in range(n):
+                y = i * (ph + gap) + row * cell
+                ramp = cells[i, ..., None].clip(0, 1)
+                grid[y : y + cell, x : x + cell] = (_LOW + ramp * (_HIGH - _LOW)).astype(np.uint8)
     return grid
 
 

@@ -45,8 +45,9 @@ def test_generates_images_and_routing_maps_for_n_subjects(pipe, n):
         assert m.shape[:2] == (1, n + 1) and m.shape[-1] in (4, 8)
         torch.testing.assert_close(m.float().sum(1), torch.ones(1, *m.shape[-2:]), atol=2e-3, rtol=0)
 
-    grid = routing_grid(out.routing_maps[-1], cell=8, rows=4)
-    assert grid.shape == (n * 4 * 8, 3 * 8, 3) and grid.dtype == np.uint8
+    grid = routing_grid(out.routing_maps, cell=8, rows=4, gap=2)  # 11 layers: 3 columns of 4 per panel
+    assert grid.shape == (n * (4 * 8 + 2) - 2, STEPS * (3 * 8 + 2) - 2, 3) and grid.dtype == np.uint8
+    assert routing_grid(out.routing_maps[-1], cell=8, rows=4, background=True).shape[0] == (n + 1) * (32 + 4) - 4
     masks = segment_from_routing_maps(out.routing_maps, (64, 64), layers=range(9, 11))
     assert masks.shape == (1, n, 64, 64) and masks.dtype == bool and masks.sum(1).max() <= 1
     overlay = routing_overlay((out.images[0] * 255).astype(np.uint8), out.routing_maps[-1])
@@ -101,6 +102,16 @@ def test_segment_subject_cuts_crops_and_pads_to_a_square():
     assert (arr[keep.astype(bool)] == (10, 20, 30)).all() and (arr[~keep.astype(bool)] == 255).all()
     with pytest.raises(ValueError, match="empty"):
         segment_subject(image, np.zeros((40, 20), bool))
+
+
+def test_routing_grid_draws_each_layer_map_in_its_cell():
+    maps = [torch.zeros(1, 2, 2, 2) for _ in range(3)]
+    maps[2][0, 0] = 1  # layer 3: subject everywhere
+    grid = routing_grid([maps], cell=2, rows=2, gap=0)
+    assert grid.shape == (4, 4, 3)
+    yellow, blue = [253, 231, 37], [68, 1, 84]
+    assert (grid[0:2, 2:4] == yellow).all()  # layer 3 = second column, first row
+    assert (grid[0:2, 0:2] == blue).all() and (grid[2:4, 0:2] == blue).all()
 
 
 def test_segmentation_masks_from_hand_made_maps():
