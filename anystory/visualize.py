@@ -21,18 +21,19 @@ _LOW, _HIGH = np.array([68, 1, 84], np.float32), np.array([253, 231, 37], np.flo
 Maps = Sequence[torch.Tensor]  # one step: per layer (B, N+1, h, w)
 
 
-def _steps(routing_maps: Sequence[Maps] | Maps) -> list[Maps]:
-    return [routing_maps] if isinstance(routing_maps[0], torch.Tensor) else list(routing_maps)
+def _steps(routing_maps: Sequence[Maps] | Maps, steps: Sequence[int] | None) -> list[Maps]:
+    """The chosen steps (all by default) of a [step][layer] list; one step's [layer] list counts as one step."""
+    all_steps = [routing_maps] if isinstance(routing_maps[0], torch.Tensor) else list(routing_maps)
+    return all_steps if steps is None else [all_steps[s] for s in steps]
 
 
 def average_routing_maps(routing_maps: Sequence[Maps] | Maps, size: tuple[int, int],
                          steps: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> torch.Tensor:
     """Mean of M over the chosen steps and layers (all by default), each resized (bilinear) to ``size``:
     (B, N+1, H, W). ``routing_maps`` is the pipeline's [step][layer] list, or one step's [layer] list."""
-    all_steps = _steps(routing_maps)
-    chosen = [all_steps[s] for s in (steps if steps is not None else range(len(all_steps)))]
     resized = [F.interpolate(step[layer].float(), size=size, mode="bilinear", align_corners=False)
-               for step in chosen for layer in (layers if layers is not None else range(len(step)))]
+               for step in _steps(routing_maps, steps)
+               for layer in (layers if layers is not None else range(len(step)))]
     return torch.stack(resized).mean(0)
 
 
@@ -51,8 +52,7 @@ def routing_grid(routing_maps: Sequence[Maps] | Maps, steps: Sequence[int] | Non
     maps of every cross-attention layer in order, top-to-bottom then left-to-right (``rows`` per column), each
     ``cell``² pixels, dark blue 0 → yellow 1. The background map (the complement of the others) is left out unless
     ``background``. Panels are ``gap`` white pixels apart. Returns (H, W, 3) uint8."""
-    all_steps = _steps(routing_maps)
-    chosen = [all_steps[s] for s in (steps if steps is not None else range(len(all_steps)))]
+    chosen = _steps(routing_maps, steps)
     n = chosen[0][0].shape[1] - (0 if background else 1)
     columns = -(-len(chosen[0]) // rows)
     ph, pw = rows * cell, columns * cell
