@@ -56,10 +56,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    config: str = "sdxl"  # anystory model config name ("sdxl", "tiny") or a path
-    pretrained: str | None = None  # SDXL base directory (diffusers layout) and CLIP image encoder
-    clip_image_encoder: str | None = None
-    stage1_adapters: str | None = None  # stage 2: trained encoder adapters to load and freeze
+    size: Literal["sdxl", "tiny"] = "sdxl"  # anystory's shipped configs; "tiny" builds small random models offline
+    pretrained: str | None = None  # SDXL base: a diffusers directory or a hub id in the local HF cache
+    clip_pretrained: str | None = None  # CLIP ViT-H/14 image encoder (default with `pretrained`: IP-Adapter's)
+    ip_adapter: str | None = None  # stage 1 warm start: an IP-Adapter Plus-SDXL file (QFormer + subject k/v)
+    stage1_adapters: str | None = None  # stage 2: the stage-1 adapters directory, loaded and frozen
+    init_seed: int = 0  # random initialisation of the model (tiny bases must match across stages)
 
 
 class OptimConfig(Section):

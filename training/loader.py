@@ -54,14 +54,21 @@ class DataPosition:
         return {"workers": self.workers, "world_size": self.world_size, "batches": self.batches,
                 "last": {str(k): list(v) for k, v in self.last.items()}}
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any], workers: int, world_size: int) -> "DataPosition":
-        if (state["workers"], state["world_size"]) != (workers, world_size):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["workers"], state["world_size"]) != (self.workers, self.world_size):
             raise ValueError(
                 f"resume needs the same data.num_workers and number of processes as the run it resumes "
-                f"(saved {state['workers']} workers × {state['world_size']} processes, now {workers} × {world_size})"
+                f"(saved {state['workers']} workers × {state['world_size']} processes, now {self.workers} × "
+                f"{self.world_size})"
             )
-        return cls(workers, world_size, state["batches"], {int(k): tuple(v) for k, v in state["last"].items()})
+        self.batches = state["batches"]
+        self.last = {int(k): tuple(v) for k, v in state["last"].items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], workers: int, world_size: int) -> "DataPosition":
+        position = cls(workers, world_size)
+        position.load_state_dict(state)
+        return position
 
 
 class SubjectStream(IterableDataset):
@@ -110,5 +117,7 @@ def make_loader(cfg: DataConfig, factors: tuple[int, ...], seed: int, position: 
     Not for ``accelerator.prepare``: the stream already splits shards by rank and worker.
     """
     stream = SubjectStream(open_sources(cfg), cfg, factors, seed, position)
-    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
-                      persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+    # Its own generator: the DataLoader draws a base seed per iterator, which must not advance the global RNG
+    # that a resume restores (noise and timesteps come from it).
+    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
