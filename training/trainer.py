@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
@@ -159,6 +159,23 @@ def routing_image(maps: list[torch.Tensor], gt: dict[int, torch.Tensor], valid: 
     return np.concatenate([top, np.full((8, top.shape[1], 3), 255, np.uint8), bottom])
 
 
+class RankPositions:
+    """Every rank's ``DataPosition`` in one checkpoint file: accelerate writes registered objects from the main
+    process only, and each rank reads its own shards, so each needs its own position back."""
+
+    def __init__(self, position: DataPosition, rank: int, ranks: int):
+        self.position, self.rank, self.ranks = position, rank, ranks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ranks": gather_object([self.position.state_dict()])}  # collective: save_state runs on all ranks
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["ranks"]) != self.ranks:
+            raise ValueError(f"resume needs the same number of processes (saved {len(state['ranks'])}, now "
+                             f"{self.ranks})")
+        self.position.load_state_dict(state["ranks"][self.rank])
+
+
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in tree.items():
@@ -210,7 +227,8 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     step = checkpoints.Counter()
     position = DataPosition(max(1, cfg.data.num_workers), accelerator.num_processes)
     # The scheduler is stepped once per optimizer step by hand (a prepared one steps once per process).
-    accelerator.register_for_checkpointing(lr_scheduler, step, position)
+    accelerator.register_for_checkpointing(
+        lr_scheduler, step, RankPositions(position, accelerator.process_index, accelerator.num_processes))
     checkpoints.install_hooks(accelerator, lambda d: bare.load_adapters(d, parts))
     start = checkpoints.resolve(out_dir, resume)
     if start is not None:

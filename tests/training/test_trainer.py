@@ -3,7 +3,6 @@ checkpoint holds, exact resume, and overfitting one batch (diffusion loss, routi
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,7 @@ def test_resume_gives_the_straight_run(dataset, tmp_path):
         a, b = (_tensors(tmp_path / r / "adapters" / f"{name}.safetensors") for r in "ab")
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with open(tmp_path / "b" / "checkpoints" / "step-4" / "state" / "custom_checkpoint_2.pkl", "rb") as f:
-        assert torch.load(f, weights_only=False)["batches"] == 8  # 4 steps × 2 accumulated batches
+        assert torch.load(f, weights_only=False)["ranks"][0]["batches"] == 8  # 4 steps × 2 accumulated batches
 
 
 def _fixed_batch(cfg, model):
