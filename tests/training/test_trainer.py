@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from anystory import AnyStoryPipeline
 from tests.shard_factory import write_dataset
 from tests.training.conftest import colour_sample
 from training import checkpoints, train as cli
@@ -68,6 +69,10 @@ def test_stage1_then_stage2_cli_runs_train_only_their_parts(dataset, tmp_path):
     assert sum(s["exp_avg"].numel() for s in state["state"].values()) == router  # optimizer: the router only
     assert (s1 / "checkpoints" / "latest").read_text() == "step-4" and checkpoints.steps(s1) == [2, 4]
     assert {p.stem for p in (s2 / "adapters").glob("*.safetensors")} == {"subject_encoder", "reference_net", "router"}
+    pipe = AnyStoryPipeline.build("tiny", adapters=str(s2 / "adapters"))  # the exported folder is the pipeline's
+    trained = result.model.state_dict()
+    assert all(torch.equal(v, trained[f"router.{k}"]) for k, v in pipe.router.state_dict().items())
+    assert all(torch.equal(v, trained[f"subject_qformer.{k}"]) for k, v in pipe.subject_qformer.state_dict().items())
 
 
 def test_resume_gives_the_straight_run(dataset, tmp_path):
