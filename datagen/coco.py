@@ -2,8 +2,7 @@
 
 Any COCO-style ``instances_*.json`` (+ its images folder) works. One unit per image that has annotations of
 the chosen categories; masks are rasterised from the annotation polygons/RLE by pycocotools (exact, no
-model); the filters of ``datagen.filters`` apply; images with too few or too many subjects left are
-rejected with the reason (router data wants 2–N people, DESIGN §4).
+model); then the router rules of ``datagen.router_data`` apply (B.1 filters, 2–N subjects per image).
 """
 
 from __future__ import annotations
@@ -12,30 +11,32 @@ import json
 import os
 from collections import defaultdict
 
+import fsspec
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from datagen import filters, images
-from datagen.filters import FilterParams, Instance
-from datagen.params import Params
-from datagen.shards import Frame, Sample, Subject, stable_key
-from datagen.units import Item, Rejected, Unit
+from datagen import filters, images, router_data
+from datagen.filters import Instance
+from datagen.router_data import RouterRules
+from datagen.shards import stable_key
+from datagen.units import BadInput, Item, Rejected, Unit
 
 STAGE = "coco"
 
 
-class CocoParams(Params):
+class CocoParams(RouterRules):
     categories: list[str] = ["person"]  # category names whose instances become subjects
-    min_subjects: int = 2
-    too_many: str = "reject"  # reject | cap: an image with more than filters.max_subjects subjects
-    filters: FilterParams = FilterParams()
 
 
 def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
     """One unit per image holding at least one instance of the chosen categories (sorted by image id)."""
-    with open(annotations) as f:
+    with fsspec.open(annotations, "r") as f:
         doc = json.load(f)
-    wanted = {c["id"]: c["name"] for c in doc.get("categories", []) if c["name"] in p.categories}
+    names = {c["id"]: c["name"] for c in doc.get("categories", [])}
+    unknown = sorted(set(p.categories) - set(names.values()))
+    if unknown:  # a misspelt category would silently select nothing
+        raise ValueError(f"{annotations}: categories {unknown} are not in the file (it has {sorted(names.values())})")
+    wanted = {i: n for i, n in names.items() if n in p.categories}
     by_image = defaultdict(list)
     for ann in doc.get("annotations", []):
         if ann["category_id"] in wanted:
@@ -52,59 +53,52 @@ def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
     return units
 
 
-def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
-    """Polygons, uncompressed or compressed RLE → H×W bool mask (pycocotools, as COCO's own API does)."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
+def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """COCO segmentation (polygons, uncompressed or compressed RLE) → H×W bool mask, with pycocotools as
+    COCO's own API does. Also the format of DeepFashion2's polygons."""
+    if isinstance(segmentation, list):
+        # fewer than 3 points has no area, and frPyObjects would read a 4-number polygon as a box
+        polygons = [poly for poly in segmentation if len(poly) >= 6]
+        if not polygons:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
-        rle = seg
+        rle = segmentation
     return mask_utils.decode(rle).astype(bool)
 
 
 def load_sample(item: Item, p: CocoParams) -> Item:
     ref = item.unit.ref
+    anns = ref["annotations"]
+    if any(a.get("iscrowd") for a in anns):  # a crowd region hides people that have no mask of their own
+        raise Rejected("crowd", "image has a crowd annotation of a chosen category")
+    if len(anns) < p.min_subjects:  # decided before reading the image: most COCO images hold one person
+        raise Rejected("too_few_subjects", f"{len(anns)} annotated < {p.min_subjects}")
     image = images.read_rgb(ref["image"])
     h, w = image.shape[:2]
     if (w, h) != (ref["width"], ref["height"]):
-        raise Rejected("size_mismatch", f"annotation says {ref['width']}x{ref['height']}, image is {w}x{h}")
+        raise BadInput("size_mismatch", f"{ref['image']}: annotation says {ref['width']}x{ref['height']}, "
+                                        f"image is {w}x{h}")
     filters.check_image_size(w, h, p.filters)
-    if any(a.get("iscrowd") for a in ref["annotations"]):
-        raise Rejected("crowd", "image has a crowd annotation of a chosen category")
     instances = []
-    for ann in ref["annotations"]:
+    for ann in anns:
+        mask = segmentation_mask(ann["segmentation"], h, w)
+        if mask.shape != (h, w):
+            raise BadInput("mask_size_mismatch", f"annotation {ann['id']}: RLE is {mask.shape}, image {h}x{w}")
         x, y, bw, bh = ann["bbox"]
-        instances.append(Instance(ann["category_name"], [x, y, x + bw, y + bh], 1.0, annotation_mask(ann, h, w),
+        instances.append(Instance(ann["category_name"], [x, y, x + bw, y + bh], 1.0, mask,
                                   {"annotation_id": ann["id"]}))
-    kept, drops = filters.filter_instances(instances, w, h, p.filters)
-    for reason, n in drops.items():
-        item.drop(STAGE, reason, n)
-    if len(kept) > p.filters.max_subjects:
-        if p.too_many == "reject":
-            raise Rejected("too_many_subjects", f"{len(kept)} > {p.filters.max_subjects}")
-        kept, capped = filters.cap_subjects(kept, p.filters)
-        for reason, n in capped.items():
-            item.drop(STAGE, reason, n)
-    if len(kept) < p.min_subjects:
-        raise Rejected("too_few_subjects", f"{len(kept)} < {p.min_subjects} after filters")
-    subjects = [
-        Subject(id=i, phrase=x.phrase, masks={0: x.mask}, boxes={0: x.box}, det_score=None,
-                fields={"annotation_id": x.fields["annotation_id"]})
-        for i, x in enumerate(kept)
-    ]
-    names = sorted({x.phrase for x in kept})
-    caption = f"a photo of {len(kept)} " + " and ".join(f"{n}s" if len(kept) > 1 else n for n in names)
-    item.samples = [
-        Sample(
-            key=stable_key("coco", f"{ref['dataset']}/{ref['file_name']}"),
-            source="router",
-            frames=[Frame(image, caption)],
-            subjects=subjects,
-            provenance={"dataset": ref["dataset"], "file_name": ref["file_name"], "url": ref.get("url"),
-                        "license": ref.get("license")},
-            models={"captioner": "category_names"},
-        )
-    ]
+    kept = router_data.select(item, STAGE, instances, w, h, p)
+    item.samples = [router_data.sample(
+        key=stable_key("coco", f"{ref['dataset']}/{ref['file_name']}"),
+        image=image,
+        text=router_data.caption([x.phrase for x in kept]),
+        kept=kept,
+        provenance={"dataset": ref["dataset"], "file_name": ref["file_name"], "url": ref.get("url"),
+                    "license": ref.get("license")},
+        models={"captioner": "category_names"},
+        exact=True,
+    )]
     return item
