@@ -1,0 +1,127 @@
+"""DeepFashion2 reader on a tree in the official layout (the project's sample inputs, edited per case): shop/user
+pairing by pair_id and style, masks equal to the rasterised polygons, and every dropped item or pair counted."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from datagen import deepfashion2 as df2
+from datagen.coco import segmentation_mask
+from datagen.filters import FilterParams
+from datagen.samples import deepfashion2 as inputs
+from datagen.units import BadInput, Item, Rejected
+
+
+@pytest.fixture
+def root(tmp_path_factory, tmp_path):
+    made = inputs.make(str(tmp_path_factory.getbasetemp() / "df2-inputs"))["root"]
+    shutil.copytree(made, tmp_path / "train")
+    return str(tmp_path / "train")
+
+
+def units_by_pair(root):
+    return {u.ref["pair_id"]: u for u in df2.list_units(root)}
+
+
+def load(unit, **kw):
+    item = Item(unit)
+    df2.load_pairs(item, df2.DeepFashion2Params(**kw))
+    return item
+
+
+def edit(root, name, fn):
+    path = os.path.join(root, "annos", f"{name}.json")
+    with open(path) as f:
+        anno = json.load(f)
+    fn(anno)
+    with open(path, "w") as f:
+        json.dump(anno, f)
+
+
+def test_groups_by_pair_id(root):
+    units = df2.list_units(root)
+    assert [u.id for u in units] == [f"deepfashion2:train:{i}" for i in (1, 2, 3, 4)]
+    assert [(u.ref["shop"], u.ref["user"]) for u in units] == [
+        (["000001"], ["000002", "000003"]), (["000004"], ["000005"]), (["000006"], []), (["000007"], ["000008"])]
+
+
+def test_shop_and_user_photos_pair_on_style_with_exact_masks(root):
+    item = load(units_by_pair(root)[1])
+    pairs = [(s.provenance["shop"], s.provenance["user"]) for s in item.samples]
+    assert pairs == [("000001", "000002"), ("000001", "000003")]
+    full, partial = item.samples
+    assert [x.phrase for x in full.subjects] == ["short sleeve top", "trousers"]
+    assert [x.phrase for x in partial.subjects] == ["short sleeve top"]  # the user's skirt is style 0
+    assert item.drops == {"deepfashion2/style_0": 1}
+    for s in item.samples:
+        assert s.source == "image" and len(s.frames) == 2
+        assert [f.fields for f in s.frames] == [{"image": s.provenance["shop"], "domain": "shop"},
+                                                {"image": s.provenance["user"], "domain": "user"}]
+        for sub in s.subjects:
+            for j, name in enumerate((s.provenance["shop"], s.provenance["user"])):
+                with open(os.path.join(root, "annos", f"{name}.json")) as f:
+                    ann = json.load(f)[sub.fields["items"][j]]
+                assert ann["style"] == sub.fields["style"] and ann["category_name"] == sub.phrase
+                h, w = s.frames[j].image.shape[:2]
+                expect = segmentation_mask(ann["segmentation"], h, w)
+                assert np.array_equal(sub.masks[j], expect) and expect.sum() > 5000
+                assert sub.boxes[j] == pytest.approx(ann["bounding_box"])
+    assert full.frames[1].caption == "a photo of a person wearing a short sleeve top and trousers"
+    assert full.frames[0].caption == "a photo of a short sleeve top and trousers"
+    assert len({s.key for s in item.samples}) == 2
+    assert [s.key for s in load(units_by_pair(root)[1]).samples] == [s.key for s in item.samples]
+
+
+def test_items_without_a_partner_are_dropped_with_a_reason(root):
+    units = units_by_pair(root)
+    item = load(units[2])  # shop: dress + vest (style 2); user: dress + sling (style 3)
+    [s] = item.samples
+    assert [x.phrase for x in s.subjects] == ["long sleeve dress"]
+    assert item.drops == {"deepfashion2/no_partner": 2}
+    lonely = Item(units[3])  # a shop image and no consumer photo
+    with pytest.raises(Rejected) as e:
+        df2.load_pairs(lonely, df2.DeepFashion2Params())
+    assert e.value.reason == "no_pairs" and lonely.drops == {"deepfashion2/no_partner": 1}
+
+
+def test_corrupt_photo_fails_the_group_naming_the_file(root):
+    with pytest.raises(BadInput) as e:
+        load(units_by_pair(root)[4])
+    assert e.value.reason == "corrupt_image" and "000008.jpg" in e.value.detail
+
+
+def test_mislabelled_and_ambiguous_items_are_dropped(root):
+    def relabel(anno):
+        anno["item2"]["category_id"], anno["item2"]["category_name"] = 7, "shorts"  # trousers style 2 → shorts
+
+    edit(root, "000002", relabel)
+    edit(root, "000003", lambda a: a["item2"].update(style=1))  # skirt claims the top's style
+    item = load(units_by_pair(root)[1])
+    [s] = item.samples  # 000003 has no unambiguous match left
+    assert [x.phrase for x in s.subjects] == ["short sleeve top"]
+    assert item.drops == {"deepfashion2/category_mismatch": 1, "deepfashion2/duplicate_style": 2}
+
+
+def test_filters_and_caps_count_what_they_drop(root):
+    unit = units_by_pair(root)[1]
+    with pytest.raises(Rejected) as e:
+        load(unit, filters=FilterParams(min_image_side=700))
+    assert e.value.reason == "no_pairs_after_filters"
+    capped = load(unit, max_pairs_per_group=1)
+    assert len(capped.samples) == 1 and capped.drops["deepfashion2/pairs_over_cap"] == 1
+    narrow = load(unit, filters=FilterParams(aspect_min=0.8, area_max=1.0, min_mask_box_ratio=0.0))
+    # the consumer's trousers (box aspect 0.74) fail the aspect rule: the first pair keeps only the top
+    assert [len(s.subjects) for s in narrow.samples] == [1, 1]
+    assert narrow.drops == {"deepfashion2/style_0": 1, "deepfashion2/box_aspect": 1}
+
+
+def test_choose_pairs_prefers_shared_styles_and_spreads_ties():
+    shop = {"a": {1}, "b": {1, 2}, "c": {1}}
+    assert df2.choose_pairs(shop, {"u": {1, 2}}, 1) == [("b", "u")]
+    ties = df2.choose_pairs(shop, {"u1": {1}, "u2": {1}, "u3": {1}}, 1)
+    assert ties == [("a", "u1"), ("b", "u2"), ("c", "u3")]
+    assert df2.choose_pairs(shop, {"u": {1, 2}}, 2) == [("b", "u"), ("a", "u")]
+    assert df2.choose_pairs(shop, {"u": {3}}, 1) == []
