@@ -1,0 +1,27 @@
+"""Caption → subject phrases (spaCy noun chunks)."""
+
+from datagen.entities import EntityParams, phrases
+
+
+def test_noun_phrases_without_determiners_numbers_or_scene_words():
+    caption = "The image shows a woman in a red dress holding a small white dog while two children play in the park."
+    assert phrases(caption) == ["woman", "red dress", "small white dog", "children", "park"]
+
+
+def test_named_people_become_person_and_pronouns_are_dropped():
+    caption = "Grace Hopper, wearing her navy uniform, smiles at it in front of an American flag."
+    assert phrases(caption) == ["person", "navy uniform", "american flag"]
+
+
+def test_duplicates_by_lemma_keep_the_first_wording():
+    caption = "A dog runs after the dogs while a man and another man watch the dog."
+    assert phrases(caption) == ["dog", "man"]
+
+
+def test_allow_and_deny_lists_and_caps():
+    caption = "A woman in a red dress holds a small white dog next to a car."
+    assert phrases(caption, EntityParams(allow=["dog", "woman"])) == ["woman", "small white dog"]
+    assert phrases(caption, EntityParams(deny=["dress", "car"])) == ["woman", "small white dog"]
+    assert phrases(caption, EntityParams(max_words=1)) == ["woman", "dress", "dog", "car"]
+    assert phrases(caption, EntityParams(max_phrases=2)) == ["woman", "red dress"]
+    assert phrases("") == []
