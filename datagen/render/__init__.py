@@ -41,7 +41,7 @@ BACKEND_MODULES = {"fast": "pyrender", "blender": "bpy"}
 
 
 class FastParams(Params):
-    supersample: int = Field(1, ge=1, le=4)  # pyrender's MSAA does not reach EGL pbuffers here: anti-alias by SSAA
+    supersample: int = Field(1, ge=1, le=4)  # anti-aliasing: draw at s× and box-filter (see datagen.render.fast)
     max_metallic: float = Field(0.0, ge=0, le=1)  # see datagen.render.fast
 
 

@@ -21,7 +21,16 @@ from datagen.render.rig import OPENCV_TO_OPENGL, Sun, View, sun_pose
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import pyrender  # noqa: E402
+import pyrender.renderer  # noqa: E402
 import trimesh  # noqa: E402
+
+# pyrender hard-codes 4× MSAA for its framebuffer, and the blit that reads it back takes one sample per pixel
+# (sample 0: at (0.375, 0.875) px on llvmpipe, driver-specific elsewhere), so masks and colours would sit up to
+# 0.4 px off the stored K. With 0 samples GL tests coverage at pixel centres: the frames match K exactly, and
+# anti-aliasing is ours (``supersample``).
+_storage_multisample = pyrender.renderer.glRenderbufferStorageMultisample
+pyrender.renderer.glRenderbufferStorageMultisample = \
+    lambda target, samples, fmt, width, height: _storage_multisample(target, 0, fmt, width, height)
 
 SRGB_COLOR_FORMATS = (".ply", ".obj")
 
