@@ -1,0 +1,111 @@
+"""Objaverse units: annotation filters and downloads through the ``objaverse`` package (faked here: no network),
+local files deduplicated by content, metadata captions and phrases."""
+
+import json
+
+import objaverse as objaverse_pkg
+import pytest
+
+from datagen import objaverse
+from datagen.objaverse import CaptionParams, ObjaverseQuery
+from datagen.units import BadInput
+
+
+def ann(uid, license="by", faces=1000, animations=0, tags=(), categories=(), name=None):
+    return {"uid": uid, "name": name or f"object {uid}", "license": license, "faceCount": faces,
+            "animationCount": animations, "tags": [{"name": t, "slug": t} for t in tags],
+            "categories": [{"name": c.title(), "slug": c} for c in categories],
+            "viewerUrl": f"https://sketchfab.com/3d-models/{uid}"}
+
+
+ANNOTATIONS = {
+    "a1": ann("a1", tags=["chair"], categories=["furniture-home"], name="Wooden_Chair_01"),
+    "b2": ann("b2", license="by-nd"),
+    "c3": ann("c3", faces=900_000),
+    "d4": ann("d4", animations=2),
+    "e5": ann("e5", license="cc0", tags=["mug"]),
+    "f6": ann("f6", license="by-nc", categories=["food-drink"]),
+}
+
+
+@pytest.fixture
+def fake_objaverse(monkeypatch, tmp_path):
+    downloads = []
+
+    def load_objects(uids, download_processes=1):
+        downloads.append((list(uids), download_processes))
+        return {u: str(tmp_path / f"{u}.glb") for u in uids if u != "missing"}
+
+    monkeypatch.setattr(objaverse_pkg, "load_uids", lambda: sorted(ANNOTATIONS) + ["zz"])
+    monkeypatch.setattr(objaverse_pkg, "load_annotations", lambda uids=None: {u: ANNOTATIONS[u] for u in uids
+                                                                              if u in ANNOTATIONS})
+    monkeypatch.setattr(objaverse_pkg, "load_lvis_annotations", lambda: {"mug": ["e5", "a1"], "chair": ["a1"]})
+    monkeypatch.setattr(objaverse_pkg, "load_objects", load_objects)
+    return downloads
+
+
+def test_annotation_filters_count_each_reason(fake_objaverse):
+    units, dropped = objaverse.list_objaverse_units(ObjaverseQuery())
+    assert [u.id for u in units] == ["objaverse:a1", "objaverse:e5", "objaverse:f6"]
+    assert dropped == {"license": 1, "too_many_faces": 1, "animated": 1, "no_annotation": 1}
+    a1 = units[0].ref
+    assert a1["path"] is None  # downloaded by the render stage, in the worker
+    assert a1["meta"]["tags"] == ["chair"] and a1["meta"]["license"] == "by"
+    assert fake_objaverse == []
+
+    units, dropped = objaverse.list_objaverse_units(ObjaverseQuery(tags=["MUG"], licenses=None))
+    assert [u.ref["uid"] for u in units] == ["e5"] and dropped == {"tags": 5, "no_annotation": 1}
+    units, _ = objaverse.list_objaverse_units(ObjaverseQuery(categories=["Food-Drink", "nothing"]))
+    assert [u.ref["uid"] for u in units] == ["f6"]
+    units, _ = objaverse.list_objaverse_units(ObjaverseQuery(animated=True, licenses=None))
+    assert [u.ref["uid"] for u in units] == ["d4"]
+    units, _ = objaverse.list_objaverse_units(ObjaverseQuery(max_faces=None, limit=2, licenses=["by"]))
+    assert [u.ref["uid"] for u in units] == ["a1", "c3"]
+
+
+def test_lvis_categories_and_prefetch(fake_objaverse):
+    units, _ = objaverse.list_objaverse_units(ObjaverseQuery(lvis_categories=["mug"], prefetch=True,
+                                                             download_processes=3))
+    assert [u.ref["uid"] for u in units] == ["a1", "e5"]
+    assert units[1].ref["meta"]["categories"][0] == "mug"  # the LVIS category leads
+    assert fake_objaverse == [(["a1", "e5"], 3)]
+    assert units[0].ref["path"].endswith("a1.glb")
+
+
+def test_fetch_downloads_one_object_in_the_worker(fake_objaverse):
+    assert objaverse.fetch({"uid": "e5", "path": None}).endswith("e5.glb")
+    assert fake_objaverse == [(["e5"], 1)]
+    assert objaverse.fetch({"uid": "e5", "path": "/here.glb"}) == "/here.glb"
+    with pytest.raises(BadInput) as e:
+        objaverse.fetch({"uid": "missing", "path": None})
+    assert e.value.reason == "download_failed"
+
+
+def test_local_files_are_units_by_content(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.glb").write_bytes(b"one")
+    (tmp_path / "sub" / "b.PLY").write_bytes(b"two")
+    (tmp_path / "sub" / "copy.obj").write_bytes(b"one")  # same bytes as a.glb
+    (tmp_path / "notes.txt").write_text("not a mesh")
+    (tmp_path / "sub" / "b.json").write_text(json.dumps({"name": "Blue Bottle", "tags": ["glass"]}))
+    paths = objaverse.mesh_files(str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.glb", "b.PLY", "copy.obj"]
+    units, dropped = objaverse.list_file_units(paths)
+    assert dropped == {"duplicate_file": 1}
+    assert [u.id for u in units] == ["file:" + objaverse.file_sha1(paths[0]), "file:" + objaverse.file_sha1(paths[1])]
+    assert objaverse.sample_key(units[0].ref) == "obj-" + objaverse.file_sha1(paths[0])
+    assert units[0].ref["meta"]["name"] == "a"
+    assert units[1].ref["meta"] == {"name": "Blue Bottle", "tags": ["glass"], "categories": []}
+
+
+def test_metadata_captions_and_phrases():
+    p = CaptionParams(max_tags=2)
+    assert objaverse.clean_name("SM_Wooden_Chair_01 (3D model)") == "wooden chair"
+    assert objaverse.clean_name("LowPoly RedCar #3") == "low poly red car"
+    caption, phrase = objaverse.metadata_caption(
+        {"name": "Wooden_Chair_01", "tags": ["chair", "oak", "antique", "dining"], "categories": ["Furniture"]}, p)
+    assert caption == "a wooden chair, oak, antique" and phrase == "chair"
+    caption, phrase = objaverse.metadata_caption({"name": "", "tags": [], "categories": ["Electronics Gadgets"]}, p)
+    assert caption == "an electronics gadgets" and phrase == "gadgets"
+    assert objaverse.metadata_caption({"name": "", "tags": [], "categories": []}, p) == ("an object", "object")
+    assert objaverse.head_noun("a red ceramic mug with a handle on a white table") == "mug"
