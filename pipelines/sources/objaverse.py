@@ -5,14 +5,17 @@
         folder: data/inputs/objaverse        # or files: [...], or objaverse: {lvis_categories: [mug], limit: 100}
         params: {render: {backend: fast, camera: {resolution: 512}}, min_mask_area: 0.005}
         render: {num_cpus: 1}                 # one render task per CPU; its child process draws with 1 thread
+        captioner: none                       # none: metadata captions; registry: Qwen2-VL (registry.captioner)
 
-Stages: ``render`` (Ray tasks: fetch, load, check, render in a child process, filter, build the sample).
+Stages: ``render`` (Ray tasks: fetch, load, check, render in a child process, filter, build the sample with a
+metadata caption), then with ``captioner: registry`` ``caption`` (an actor pool captioning one view per object).
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Literal
 
 from pydantic import model_validator
 
@@ -21,7 +24,7 @@ from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.render import check_backend
 from datagen.units import Unit
-from pipelines.stages import Resources, Stage, TaskStage
+from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ class Config(Params):
     files: list[ExistingPath] | None = None
     params: objects.ObjaverseParams = objects.ObjaverseParams()
     render: Resources = Resources(num_cpus=1)
+    captioner: Literal["none", "registry"] = "none"
+    caption: Resources = Resources(num_cpus=1, batch_size=8)
 
     @model_validator(mode="after")
     def _one_input(self) -> "Config":
@@ -58,11 +63,15 @@ class ObjaverseSource:
         return units
 
     def roles(self, cfg: Config) -> list[str]:
-        return []
+        return ["captioner"] if cfg.captioner == "registry" else []
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         check_backend(cfg.params.render)
-        return [TaskStage(objects.STAGE, partial(objects.render_unit, p=cfg.params), cfg.render)]
+        stages: list[Stage] = [TaskStage(objects.STAGE, partial(objects.render_unit, p=cfg.params), cfg.render)]
+        if cfg.captioner == "registry":
+            factory = partial(objects.ObjectCaptioner, models["captioner"], cfg.params.captions)
+            stages.append(ActorStage("caption", factory, cfg.caption))
+        return stages
 
 
 SOURCE = ObjaverseSource()

@@ -3,12 +3,16 @@ local files deduplicated by content, metadata captions and phrases."""
 
 import json
 
+import numpy as np
 import objaverse as objaverse_pkg
 import pytest
 
+from datagen import captions as captioning
 from datagen import objaverse
-from datagen.objaverse import CaptionParams, ObjaverseQuery
-from datagen.units import BadInput
+from datagen.models import ModelSpec
+from datagen.objaverse import CaptionParams, ObjaverseQuery, ObjectCaptioner
+from datagen.shards import Frame, Sample, Subject
+from datagen.units import BadInput, Item, Unit
 
 
 def ann(uid, license="by", faces=1000, animations=0, tags=(), categories=(), name=None):
@@ -109,3 +113,26 @@ def test_metadata_captions_and_phrases():
     assert caption == "an electronics gadgets" and phrase == "gadgets"
     assert objaverse.metadata_caption({"name": "", "tags": [], "categories": []}, p) == ("an object", "object")
     assert objaverse.head_noun("a red ceramic mug with a handle on a white table") == "mug"
+
+
+def _item(meta):
+    frames = [Frame(np.full((56, 56, 3), 30 * j, np.uint8), "a crate") for j in range(7)]
+    masks = {j: np.ones((56, 56), bool) for j in range(7)}
+    sample = Sample("obj-x", "objaverse", frames, [Subject(0, "crate", masks=masks)], models={"captioner": "metadata"})
+    return Item(Unit("file:x", {"meta": meta}), samples=[sample])
+
+
+def test_registry_captioner_captions_one_view_for_every_frame():
+    spec = ModelSpec(role="captioner", id="Qwen/Qwen2-VL-2B-Instruct", revision="main", mode="tiny")
+    captioner = ObjectCaptioner(spec, CaptionParams(view=3, model=captioning.CaptionParams(max_new_tokens=6)))
+    [tiny] = captioner([_item({"categories": []})])  # the tiny random Qwen2-VL runs end to end
+    assert tiny.samples[0].models["captioner"] == {"id": spec.id, "revision": "tiny", "backend": "transformers"}
+    assert len({f.caption for f in tiny.samples[0].frames}) == 1
+
+    seen = []
+    captioner.model = lambda images: seen.append(images) or ["A red ceramic mug with a handle.", ""]
+    mug, empty = captioner([_item({"categories": []}), _item({"categories": ["Kitchen Tools"]})])
+    assert len(seen[0]) == 2 and (seen[0][0] == 90).all()  # view 3 of each object
+    assert [f.caption for f in mug.samples[0].frames] == ["A red ceramic mug with a handle."] * 7
+    assert mug.samples[0].subjects[0].phrase == "mug"
+    assert empty.samples[0].frames[0].caption == "a crate" and empty.drops == {"caption/empty_caption": 1}
