@@ -1,0 +1,147 @@
+"""Video inputs and frame sampling on clips made here (H.264 .mp4 from a real photo, hard cuts)."""
+
+import os
+
+import av
+import fsspec
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from datagen import video
+from datagen.filters import FilterParams
+from datagen.samples.video import PAN_CUT, STILL, ZOOM, Shot, Thing, write_broken, write_clip
+from datagen.units import BadInput, Item, Rejected, Unit
+from datagen.video import SamplingParams
+
+SIZE = (320, 240)
+FP = FilterParams(min_image_side=200)
+# short then long: the sampler must pick the second shot
+SHORT_LONG = [Shot(1.2, (0.3, 0.3, 0.7), (0.35, 0.3, 0.6), tint=(1.1, 0.7, 0.7)),
+              Shot(2.5, (0.5, 0.5, 1.0), (0.5, 0.4, 0.7), things=[Thing("box", (30, 60, 200), (0.2, 0.5), (0.8, 0.5))])]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    for name, shots in (("pan_cut.mp4", PAN_CUT), ("zoom.mp4", ZOOM), ("still.mp4", STILL),
+                        ("short_long.mp4", SHORT_LONG)):
+        write_clip(str(root / name), shots, size=SIZE)
+    return {**{p.name: str(p) for p in root.iterdir()}, **write_broken(str(root)), "root": str(root)}
+
+
+def all_frames(path):
+    with av.open(path) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_frames_come_from_distinct_times_within_one_shot_and_differ(clips):
+    s = video.sample_clip(clips["pan_cut.mp4"], SamplingParams(), FP)
+    assert s.cuts == [pytest.approx(3.0, abs=1 / 8)]  # the hard cut, to within one thumbnail interval
+    times = [t for t, _, _ in s.frames]
+    assert 2 <= len(times) <= 5 and times == sorted(set(times))
+    assert times[0] >= 0.2 - 1e-6 and times[-1] < 3.0 - 0.2  # clear of the cut by the margin
+    assert s.shot[0] == 0 and s.shot[1] < 3.0
+    hashes = [imagehash.phash(Image.fromarray(im)) for _, _, im in s.frames]
+    assert min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1:]) > SamplingParams().max_hash_distance
+    # seeking gave exactly the frame a full sequential decode has at that frame number
+    frames = all_frames(clips["pan_cut.mp4"])
+    for t, n, image in s.frames:
+        assert n == round(t * 24)
+        assert np.array_equal(image, frames[n])
+
+
+def test_the_longest_shot_is_sampled(clips):
+    s = video.sample_clip(clips["short_long.mp4"], SamplingParams(), FP)
+    assert s.cuts == [pytest.approx(1.2, abs=1 / 8)]
+    assert all(t > 1.2 for t, _, _ in s.frames) and s.shot[0] == pytest.approx(1.2, abs=1 / 8)
+    adaptive = video.sample_clip(clips["short_long.mp4"], SamplingParams(detector="adaptive"), FP)
+    assert adaptive.cuts == [pytest.approx(1.2, abs=1 / 8)]
+
+
+def test_no_cut_in_a_single_shot_and_frames_spread_over_it(clips):
+    s = video.sample_clip(clips["zoom.mp4"], SamplingParams(max_frames=3), FP)
+    assert s.cuts == [] and len(s.frames) == 3
+    times = [t for t, _, _ in s.frames]
+    assert times[0] < 0.5 and times[-1] > 3.0 and 1.0 < times[1] < 3.0  # spread over the 4 s shot
+
+
+def test_near_duplicates_and_blurry_frames_are_skipped(clips):
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["still.mp4"], SamplingParams(), FP)
+    assert e.value.reason == "too_few_frames" and "frame_near_duplicate 9" in e.value.detail
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["zoom.mp4"], SamplingParams(min_sharpness=1e9), FP)
+    assert "frame_blurry 10" in e.value.detail
+    image = all_frames(clips["zoom.mp4"])[0]
+    blurred = np.asarray(Image.fromarray(image).resize((80, 60)).resize(SIZE))
+    assert video.sharpness(blurred) < video.sharpness(image) / 3
+
+
+def test_short_shots_and_small_frames_are_rejected(clips):
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["pan_cut.mp4"], SamplingParams(min_shot_s=4.0), FP)
+    assert e.value.reason == "no_usable_shot"
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["pan_cut.mp4"], SamplingParams(), FilterParams(min_image_side=241))
+    assert e.value.reason == "image_too_small"
+
+
+@pytest.mark.parametrize("name,reason", [("truncated.mp4", "corrupt_video"), ("empty.mp4", "empty_file"),
+                                         ("audio_only.mp4", "no_video_stream"), ("missing.mp4", "missing_file")])
+def test_broken_inputs_raise_bad_input_with_the_reason(clips, name, reason):
+    path = clips.get(name, os.path.join(clips["root"], name))
+    with pytest.raises(BadInput) as e:
+        video.sample_clip(path, SamplingParams(), FP)
+    assert e.value.reason == reason and path in e.value.detail
+
+
+def test_max_side_downscales_while_decoding(clips):
+    s = video.sample_clip(clips["zoom.mp4"], SamplingParams(max_side=160, max_frames=2), FilterParams(min_image_side=0))
+    assert all(im.shape == (120, 160, 3) for _, _, im in s.frames)
+
+
+def test_load_sample_builds_a_video_sample_with_a_deterministic_key(clips):
+    url = clips["pan_cut.mp4"]
+    item = video.load_sample(Item(Unit(f"video:{url}", {"url": url})), SamplingParams(), FP)
+    (sample,) = item.samples
+    again = video.load_sample(Item(Unit(f"video:{url}", {"url": url})), SamplingParams(), FP).samples[0]
+    assert sample.key == again.key and sample.key.startswith("vid-") and "." not in sample.key
+    numbers = [fr.fields["frame"] for fr in sample.frames]
+    assert sample.key.endswith("-" + "-".join(map(str, numbers)))
+    assert sample.source == "video" and all("time_s" in fr.fields for fr in sample.frames)
+    assert sample.provenance["url"] == url and sample.provenance["cuts_s"] == [pytest.approx(3.0, abs=1 / 8)]
+    assert item.drops == {f"decode/{k}": v for k, v in video.sample_clip(url, SamplingParams(), FP).drops.items()}
+
+
+def test_list_videos_from_folders_lists_and_urls(clips, tmp_path):
+    root = clips["root"]
+    listed = video.list_videos([root])
+    names = [os.path.basename(p) for p in listed]
+    assert names == sorted(names) and "pan_cut.mp4" in names and not any(n.startswith(".") for n in names)
+    (tmp_path / "clips.txt").write_text(f"# comment\n{clips['zoom.mp4']}\nrel/a.mp4\n\n")
+    pyarrow.csv.write_csv(pa.table({"path": [clips["still.mp4"], "b.mp4"]}), str(tmp_path / "clips.csv"))
+    pq.write_table(pa.table({"url": ["s3://bucket/c.mp4"]}), str(tmp_path / "clips.parquet"))
+    got = video.list_videos([str(tmp_path / "clips.txt"), str(tmp_path / "clips.csv"), clips["zoom.mp4"]])
+    assert got == [clips["zoom.mp4"], f"{tmp_path}/rel/a.mp4", clips["still.mp4"], f"{tmp_path}/b.mp4"]
+    assert video.list_videos([str(tmp_path / "clips.parquet")], column="url") == ["s3://bucket/c.mp4"]
+    with pytest.raises(FileNotFoundError):
+        video.list_videos([str(tmp_path / "nowhere")])
+    units = video.list_units(listed)
+    assert [u.id for u in units] == [f"video:{p}" for p in listed] and units[0].ref == {"url": listed[0]}
+
+
+def test_fsspec_urls_are_read_through_a_file_object(clips):
+    fs = fsspec.filesystem("memory")
+    with open(clips["zoom.mp4"], "rb") as f:
+        fs.pipe("/videos/zoom.mp4", f.read())
+    fs.pipe("/videos/notes.txt", b"not a video")
+    (url,) = video.list_videos(["memory://videos"])
+    assert url.startswith("memory://") and url.endswith("/videos/zoom.mp4")
+    s = video.sample_clip(url, SamplingParams(max_frames=2), FP)
+    local = video.sample_clip(clips["zoom.mp4"], SamplingParams(max_frames=2), FP)
+    assert [n for _, n, _ in s.frames] == [n for _, n, _ in local.frames]
