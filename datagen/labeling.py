@@ -1,0 +1,188 @@
+"""The labeling chain of MS-Diffusion §A over samples whose frames show the same subjects (video frames):
+caption → phrases → boxes → box filters → masks → mask filter → embeddings → matching → subjects.
+
+Each step is a function (CPU) or a callable class loading its model once (``pipelines`` runs them as Ray tasks
+and actor pools) over ``Item``s carrying one ``Sample`` whose frames are set. Between steps ``item.scratch``
+holds ``phrases`` (per frame), ``instances`` (per frame, ``filters.Instance`` lists) and ``embeddings`` (per
+frame, n×D). Every dropped instance is counted as ``<step>/<reason>``; a sample left with nothing to label is
+``Rejected`` with the reason, so tiny or weak models end in the filter report, not in an empty shard.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+import numpy as np
+
+from datagen import entities, filters, matching
+from datagen.captions import CaptionParams, Captioner
+from datagen.detection import DetectionParams, Detector
+from datagen.entities import EntityParams
+from datagen.filters import FilterParams, Instance
+from datagen.matching import Embedder, MatchParams
+from datagen.models import ModelSpec
+from datagen.params import Params
+from datagen.segmentation import SegmentationParams, Segmenter
+from datagen.shards import Sample, Subject
+from datagen.units import Item, Rejected
+
+
+class LabelingParams(Params):
+    caption: CaptionParams = CaptionParams()
+    entities: EntityParams = EntityParams()
+    # "clip": every frame is prompted with the phrases of all the sample's captions (one subject described
+    # differently in two captions is still found in both frames); "frame": each frame with its own caption's
+    phrases_per: Literal["frame", "clip"] = "clip"
+    detection: DetectionParams = DetectionParams()
+    segmentation: SegmentationParams = SegmentationParams()
+    matching: MatchParams = MatchParams()
+    filters: FilterParams = FilterParams()
+
+
+def _sample(item: Item) -> Sample:
+    return item.samples[0]
+
+
+def _count(item: Item, step: str, drops: Counter) -> None:
+    for reason, n in drops.items():
+        item.drop(step, reason, n)
+
+
+def _require_instances(item: Item, step: str) -> None:
+    if not any(item.scratch["instances"]):
+        dropped = {k: v for k, v in item.drops.items() if not k.startswith("decode/")}
+        raise Rejected("no_subjects", f"after {step}; dropped {dropped}")
+
+
+class CaptionFrames:
+    def __init__(self, spec: ModelSpec, params: CaptionParams):
+        self.captioner = Captioner(spec, params)
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        frames = [fr for it in items for fr in _sample(it).frames]
+        for fr, caption in zip(frames, self.captioner([fr.image for fr in frames])):
+            fr.caption = caption
+        return items
+
+
+def find_phrases(item: Item, p: EntityParams, per: str = "clip") -> Item:
+    per_frame = [entities.phrases(fr.caption, p) for fr in _sample(item).frames]
+    if per == "clip":
+        union = list(dict.fromkeys(ph for phs in per_frame for ph in phs))[: p.max_phrases]
+        per_frame = [union] * len(per_frame)
+    if not any(per_frame):
+        captions = " | ".join(fr.caption for fr in _sample(item).frames)
+        raise Rejected("no_phrases", f"no subject phrase in the captions: {captions}"[:1000])
+    item.scratch["phrases"] = per_frame
+    return item
+
+
+class DetectSubjects:
+    def __init__(self, spec: ModelSpec, params: DetectionParams):
+        self.detector = Detector(spec, params)
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        images = [fr.image for it in items for fr in _sample(it).frames]
+        phrases = [ph for it in items for ph in it.scratch["phrases"]]
+        found = iter(self.detector(images, phrases))
+        for it in items:
+            it.scratch["instances"] = [next(found) for _ in _sample(it).frames]
+        return items
+
+
+def filter_boxes(item: Item, p: FilterParams) -> Item:
+    """B.1 rules (1)–(5), per frame, before segmentation (SAM runs only on boxes that can survive)."""
+    frames = _sample(item).frames
+    kept = []
+    for fr, instances in zip(frames, item.scratch["instances"]):
+        survivors, drops = filters.filter_boxes(instances, fr.width, fr.height, p)
+        _count(item, "filter_boxes", drops)
+        kept.append(survivors)
+    item.scratch["instances"] = kept
+    _require_instances(item, "filter_boxes")
+    return item
+
+
+class SegmentSubjects:
+    def __init__(self, spec: ModelSpec, params: SegmentationParams):
+        self.segmenter = Segmenter(spec, params)
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        per_frame = [inst for it in items for inst in it.scratch["instances"]]
+        images = [fr.image for it in items for fr in _sample(it).frames]
+        masks = self.segmenter(images, [[x.box for x in inst] for inst in per_frame])
+        for inst, ms in zip(per_frame, masks):
+            for x, m in zip(inst, ms):
+                x.mask = m
+        return items
+
+
+def filter_masks(item: Item, p: FilterParams) -> Item:
+    """B.1 rule (6): a mask covering less than ``min_mask_box_ratio`` of its box is dropped."""
+    kept = []
+    for instances in item.scratch["instances"]:
+        survivors, drops = filters.by_mask_box_ratio(instances, p)
+        _count(item, "filter_masks", drops)
+        kept.append(survivors)
+    item.scratch["instances"] = kept
+    _require_instances(item, "filter_masks")
+    return item
+
+
+class EmbedSubjects:
+    def __init__(self, spec: ModelSpec, params: MatchParams):
+        self.embedder = Embedder(spec, params)
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        crops, counts = [], []
+        for it in items:
+            for fr, inst in zip(_sample(it).frames, it.scratch["instances"]):
+                crops += [matching.masked_crop(fr.image, x.mask, x.box) for x in inst]
+                counts.append(len(inst))
+        emb = self.embedder(crops)
+        splits = iter(np.split(emb, np.cumsum(counts)[:-1]) if counts else [])
+        for it in items:
+            it.scratch["embeddings"] = [next(splits) for _ in _sample(it).frames]
+        return items
+
+
+def _phrase(members: list[Instance]) -> str:
+    """The track's most frequent phrase, ties to the best-scored detection."""
+    counts = Counter(x.phrase for x in members)
+    return max(members, key=lambda x: (counts[x.phrase], x.score)).phrase
+
+
+def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None) -> Item:
+    """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``).
+
+    A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``).
+    Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones.
+    """
+    sample = _sample(item)
+    instances = item.scratch["instances"]
+    tracks = matching.match(item.scratch["embeddings"], p.min_similarity)
+    groups = [(t, {j: instances[j][i] for j, i in sorted(t.members.items())}) for t in tracks]
+    groups.sort(key=lambda g: (-len(g[1]), -np.mean([x.box_area for x in g[1].values()])))
+    if len(groups) > fp.max_subjects:
+        item.drop("match", "too_many_subjects", len(groups) - fp.max_subjects)
+        groups = groups[: fp.max_subjects]
+    if not groups:
+        raise Rejected("no_subjects", "nothing left to match")
+    subjects = []
+    for k, (track, members) in enumerate(groups):
+        subjects.append(Subject(
+            id=k, phrase=_phrase(list(members.values())),
+            masks={j: x.mask for j, x in members.items()},
+            boxes={j: [round(v, 2) for v in x.box] for j, x in members.items()},
+            det_score=round(max(x.score for x in members.values()), 4),
+            match_score=round(float(np.mean(track.scores)), 4) if track.matched else None,
+            fields={} if track.matched else {"reference": "target_crop"},
+        ))
+    matched = [s.match_score for s in subjects if s.match_score is not None]
+    sample.subjects = subjects
+    sample.models = dict(models or {})
+    sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0,
+                     "matched": float(len(matched))}
+    item.scratch.clear()  # nothing downstream needs it: keep it out of the writer's transfer
+    return item
