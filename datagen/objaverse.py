@@ -221,7 +221,8 @@ def metadata_caption(meta: dict, p: CaptionParams) -> tuple[str, str]:
     article = "an" if subject[0] in "aeiou" else "a"
     tags = [t for t in (clean_name(t) for t in meta.get("tags", [])) if t and t not in subject][: p.max_tags]
     caption = f"{article} {subject}" + (f", {', '.join(tags)}" if tags else "")
-    return caption, (head_noun(name) if name else None) or category_phrase(meta)
+    # parsed with its article: spaCy tags a bare name ("orange ring") as a proper noun more often
+    return caption, (head_noun(f"{article} {name}") if name else None) or category_phrase(meta)
 
 
 def _category(meta: dict) -> str:
