@@ -1,7 +1,8 @@
 """Image download for URL lists, after img2dataset's downloader and resizer: many URLs at once on a thread pool,
 each with a deadline, retries with backoff for transient errors only, a size cap, a check that the body is an
-image, and a downscale. Every failure is a ``BadInput`` with a precise reason (``http_404``, ``timeout``,
-``truncated``, ``too_large``, ``not_an_image``, ``corrupt_image``, ...).
+image, and a downscale. A broken input or transport is a ``BadInput`` with a precise reason (``http_404``,
+``timeout``, ``truncated``, ``not_an_image``, ``corrupt_image``, ...); a policy that refuses a good input is a
+``Rejected`` (``too_large``, ``robots_disallowed``, ``image_too_small``), which a retry would not change.
 
 http(s) goes through ``urllib`` (as img2dataset does); ``file://`` URLs, local paths and other fsspec URLs are
 read with fsspec, so a URL list may point at local files.
@@ -111,7 +112,7 @@ class Fetcher:
         except ValueError as e:  # fsspec: unknown protocol
             raise BadInput("bad_url", f"{url}: {e}") from None
         if len(data) > self.p.max_bytes:
-            raise BadInput("too_large", f"{url}: more than {self.p.max_bytes} bytes")
+            raise Rejected("too_large", f"{url}: more than {self.p.max_bytes} bytes")
         return data
 
     def _http(self, url: str) -> bytes:
@@ -143,13 +144,13 @@ class Fetcher:
             if agent.strip() and agent.strip().lower() not in ("*", self.p.user_agent.lower()):
                 continue  # addressed to another crawler
             if self.disallowed & {d.strip().lower() for d in directives.split(",")}:
-                raise BadInput("robots_disallowed", f"{url}: X-Robots-Tag {value}")
+                raise Rejected("robots_disallowed", f"{url}: X-Robots-Tag {value}")
         ctype = (headers.get("Content-Type") or "").lower()
         if ctype.startswith(NOT_IMAGE_TYPES):  # an HTML error page served with 200: not worth reading
             raise BadInput("not_an_image", f"{url}: Content-Type {ctype}")
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.p.max_bytes:
-            raise BadInput("too_large", f"{url}: Content-Length {length} > {self.p.max_bytes}")
+            raise Rejected("too_large", f"{url}: Content-Length {length} > {self.p.max_bytes}")
 
     def _read(self, url: str, r, deadline: float) -> bytes:
         """The body, in chunks; each socket wait is cut to the time left, so a server that drips bytes slowly
@@ -167,7 +168,7 @@ class Fetcher:
                 return b"".join(chunks)
             size += len(chunk)
             if size > self.p.max_bytes:
-                raise BadInput("too_large", f"{url}: more than {self.p.max_bytes} bytes")
+                raise Rejected("too_large", f"{url}: more than {self.p.max_bytes} bytes")
             chunks.append(chunk)
 
 

@@ -8,7 +8,7 @@
 - ``slow``: no answer for ``slow_s``; ``drip``: headers at once, then the body a few bytes every ``drip_s``;
 - ``truncated``: a Content-Length of the whole image, half of it sent; ``html``: a 200 HTML page;
 - ``noise``: random bytes as application/octet-stream; ``big``: a Content-Length above any cap;
-- ``robots``: the image with ``X-Robots-Tag: noai``.
+- ``robots``: the image with ``X-Robots-Tag: noai``; ``nolength``: the image without Content-Length.
 
 ``server.hits`` counts requests per path, ``server.max_in_flight`` the most requests served at once. Use as a context manager: it serves on a thread and shuts down (and
 wakes every waiting handler) on exit.
@@ -94,6 +94,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, bytes(range(256)) * 40, "application/octet-stream")
         elif route == "big":
             self._send(200, image[:1024], _ctype(name), length=1 << 40)
+        elif route == "nolength":  # HTTP/1.0: the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Type", _ctype(name))
+            self.end_headers()
+            self.wfile.write(image)
         elif route == "robots":
             self._send(200, image, _ctype(name), headers={"X-Robots-Tag": "noai, noimageai"})
         else:

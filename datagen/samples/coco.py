@@ -15,7 +15,7 @@ from datagen.samples.photos import backdrop
 CASES = [(2, "wide"), (3, "wide"), (4, "wide"), (1, "wide"), (5, "thin"), (2, "crowd"), (2, "corrupt")]
 
 
-def _person_polygon(x0: float, y0: float, w: float, h: float) -> list[float]:
+def person_polygon(x0: float, y0: float, w: float, h: float) -> list[float]:
     """A rough person silhouette (head + body) as one COCO polygon, so masks are not just boxes."""
     cx = x0 + w / 2
     return [cx - 0.15 * w, y0, cx + 0.15 * w, y0, cx + 0.2 * w, y0 + 0.25 * h, x0 + w, y0 + 0.35 * h,
@@ -39,7 +39,7 @@ def make(root: str) -> dict:
             bw = slot * (0.2 if style == "thin" else 0.7)
             bh = h * 0.6
             x0, y0 = k * slot + (slot - bw) / 2, h * 0.3
-            poly = _person_polygon(x0, y0, bw, bh)
+            poly = person_polygon(x0, y0, bw, bh)
             draw.polygon(poly, fill=tuple(int(c) for c in rng.integers(30, 220, 3)))
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": [x0, y0, bw, bh],
                          "area": bw * bh, "iscrowd": int(style == "crowd" and k == 0), "segmentation": [poly]})

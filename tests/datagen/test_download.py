@@ -37,21 +37,21 @@ def fetcher(**kw):
     return Fetcher(p, sleep=sleeps), sleeps
 
 
-@pytest.mark.parametrize("route,reason,attempts", [
-    ("missing", "http_404", 1),
-    ("truncated", "truncated", 3),
-    ("html", "not_an_image", 1),
-    ("noise", "not_an_image", 1),
-    ("big", "too_large", 1),
-    ("robots", "robots_disallowed", 1),
-    ("down", "http_503", 3),
+@pytest.mark.parametrize("route,error,reason,attempts", [
+    ("missing", BadInput, "http_404", 1),
+    ("truncated", BadInput, "truncated", 3),
+    ("html", BadInput, "not_an_image", 1),
+    ("noise", BadInput, "not_an_image", 1),
+    ("down", BadInput, "http_503", 3),
+    ("big", Rejected, "too_large", 1),  # policies refusing a good input: a retry would not change them
+    ("robots", Rejected, "robots_disallowed", 1),
 ])
-def test_each_failure_has_its_reason_and_only_transient_ones_are_retried(server, route, reason, attempts):
+def test_each_failure_has_its_reason_and_only_transient_ones_are_retried(server, route, error, reason, attempts):
     server.down = True
     f, sleeps = fetcher()
     url = server.url(route, "a.jpg")
     before = server.hits[f"/{route}/a.jpg"]
-    with pytest.raises(BadInput) as e:
+    with pytest.raises(error) as e:
         fetch_image(f, url)
     assert e.value.reason == reason and url in e.value.detail
     assert server.hits[f"/{route}/a.jpg"] - before == attempts
@@ -92,11 +92,14 @@ def test_a_dripping_body_cannot_outlive_the_deadline(server):
 
 def test_size_cap_without_content_length_and_connection_errors(server, tmp_path):
     f, _ = fetcher(max_bytes=1000)
-    with pytest.raises(BadInput, match="too_large"):  # Content-Length says it
+    with pytest.raises(Rejected, match="too_large"):  # Content-Length says it
         f.fetch(server.url("good", "a.jpg"))
+    with pytest.raises(Rejected, match="too_large"):  # no Content-Length: counted while reading
+        f.fetch(server.url("nolength", "a.jpg"))
+    assert fetcher()[0].fetch(server.url("nolength", "a.jpg")) == server.images["a.jpg"]
     path = tmp_path / "a.jpg"
     path.write_bytes(server.images["a.jpg"])
-    with pytest.raises(BadInput, match="too_large"):  # a file has no header: counted while reading
+    with pytest.raises(Rejected, match="too_large"):  # a file: counted while reading too
         f.fetch(str(path))
     f, sleeps = fetcher(retries=1)
     with pytest.raises(BadInput) as e:

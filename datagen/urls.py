@@ -1,0 +1,130 @@
+"""URL lists (img2dataset / LAION style: ``url, caption`` in parquet, CSV/TSV or JSONL) → router samples.
+
+One unit per row. ``Download`` fetches a batch of rows at once on a thread pool (``datagen.download``); then the
+labeling chain shared with the video source finds people (``labeling.DetectSubjects`` for the ``phrases``,
+Grounding DINO; ``labeling.SegmentSubjects``, SAM from the boxes), and ``router_data`` keeps images with 2–N
+people after the B.1 filters: ``select_boxes`` before SAM (masks only for images that can survive), ``persons``
+after it. Captions: the row's caption (alt text) unless a captioner re-captions the kept images.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+
+from datagen import router_data
+from datagen.detection import DetectionParams
+from datagen.download import DownloadParams, Fetcher, fetch_image
+from datagen.router_data import RouterRules
+from datagen.segmentation import SegmentationParams
+from datagen.shards import Frame, Sample, stable_key
+from datagen.units import BadInput, Item, Outcome, Rejected, Unit
+
+DOWNLOAD = "download"  # stage name of ``Download`` (it records per-item outcomes itself)
+
+
+class PersonParams(RouterRules):
+    phrases: list[str] = ["person"]  # what the detector is asked for; each found instance is a subject
+    detection: DetectionParams = DetectionParams()
+    segmentation: SegmentationParams = SegmentationParams()
+
+
+def read_list(path: str) -> pa.Table:
+    """A URL list as a table: ``.parquet``, ``.csv``, ``.tsv``, ``.jsonl``/``.json`` (one object per line)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    ext = path.rsplit(".", 1)[-1].lower()
+    with fsspec.open(path, "rb") as f:
+        if ext == "parquet":
+            return pq.read_table(f)
+        if ext in ("csv", "tsv"):
+            return pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if ext == "tsv" else ","))
+        if ext in ("jsonl", "json"):
+            return pjson.read_json(f)
+    raise ValueError(f"{path}: URL lists are .parquet, .csv, .tsv or .jsonl")
+
+
+def list_units(path: str, url_col: str = "url", caption_col: str | None = "caption",
+               keep_columns: tuple[str, ...] = ()) -> list[Unit]:
+    """One unit per row (id ``urls:<file name>:<row>``); a URL seen on an earlier row is marked a duplicate,
+    so the first stage rejects it with a reason instead of writing the same key twice."""
+    table = read_list(path)
+    wanted = [url_col, *([caption_col] if caption_col else []), *keep_columns]
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} (columns: {table.column_names})")
+    rows = table.select(wanted).to_pylist()
+    dataset = os.path.basename(path)
+    first: dict[str, str] = {}
+    units = []
+    for i, row in enumerate(rows):
+        uid = f"urls:{dataset}:{i}"
+        url = (row[url_col] or "").strip()
+        ref = {"dataset": dataset, "row": i, "url": url, "caption": row[caption_col] if caption_col else None,
+               "extra": {c: row[c] for c in keep_columns}, "duplicate_of": first.get(url) if url else None}
+        first.setdefault(url, uid)
+        units.append(Unit(uid, ref))
+    return units
+
+
+class Download:
+    """Batch stage: the batch's rows downloaded concurrently (img2dataset's thread pool per shard), each item
+    ending with its image in a one-frame sample or with the precise reason it failed."""
+
+    def __init__(self, p: DownloadParams, phrases: list[str]):
+        self.fetcher = Fetcher(p)
+        self.pool = ThreadPoolExecutor(p.threads, thread_name_prefix="download")
+        self.phrases = list(phrases)
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        return list(self.pool.map(self._one, items))
+
+    def _one(self, item: Item) -> Item:
+        try:
+            self._load(item)
+        except Rejected as e:
+            item.outcome = Outcome("filtered", DOWNLOAD, e.reason, e.detail)
+        except BadInput as e:
+            item.outcome = Outcome("failed", DOWNLOAD, e.reason, e.detail)
+        return item
+
+    def _load(self, item: Item) -> None:
+        ref = item.unit.ref
+        if ref["duplicate_of"]:
+            raise Rejected("duplicate_url", f"{ref['url']} is also unit {ref['duplicate_of']}")
+        if not ref["url"]:
+            raise BadInput("bad_url", "empty URL")
+        image, (w, h) = fetch_image(self.fetcher, ref["url"])
+        provenance = {"url": ref["url"], "dataset": ref["dataset"], "row": ref["row"], "alt_text": ref["caption"],
+                      "original_size": [w, h], **ref["extra"]}
+        item.samples = [Sample(key=stable_key("url", ref["url"]), source="router",
+                               frames=[Frame(image, ref["caption"] or "")], provenance=provenance)]
+        item.scratch["phrases"] = [self.phrases]  # what labeling.DetectSubjects asks for, per frame
+
+
+def select_boxes(item: Item, rules: PersonParams) -> Item:
+    """B.1 box rules and the 2–N rule on the detections, before SAM runs."""
+    frame = item.samples[0].frames[0]
+    [found] = item.scratch["instances"]
+    item.scratch["instances"] = [router_data.select(item, "select_boxes", found, frame.width, frame.height, rules)]
+    return item
+
+
+def persons(item: Item, rules: PersonParams, models: dict[str, Any]) -> Item:
+    """Mask rule and 2–N rule again on SAM's masks; the survivors become the sample's subjects."""
+    draft = item.samples[0]
+    frame = draft.frames[0]
+    [found] = item.scratch.pop("instances")
+    kept = router_data.select(item, "persons", found, frame.width, frame.height, rules)
+    text = frame.caption or router_data.caption([x.phrase for x in kept])
+    sample = router_data.sample(draft.key, frame.image, text, kept, draft.provenance, models, exact=False)
+    sample.scores = {"det": min(s.det_score for s in sample.subjects)}
+    item.samples = [sample]
+    item.scratch.clear()
+    return item

@@ -1,0 +1,87 @@
+"""Source ``urls``: a URL list (img2dataset / LAION style) → router samples of 2–N people with SAM masks.
+
+    sources:
+      urls:
+        url_list: s3://bucket/laion-part-00000.parquet   # .parquet / .csv / .tsv / .jsonl with url (+ caption)
+        download: {timeout_s: 10, retries: 2, threads: 64, min_side: 1024, short_side: 1024}
+        persons: {phrases: [person], filters: {max_subjects: 4}}
+        captions: keep                               # or "captioner": Qwen2-VL re-captions the kept images
+        resources:
+          download: {num_cpus: 1, batch_size: 256, concurrency: 4}
+          detect: {num_gpus: 1, batch_size: 16}
+
+Download runs as an actor pool (each actor a thread pool over its batch), the models as actor pools; the
+decisions (filters, the 2–N rule) as tasks. Actors default to 0.25 CPU each so the pools plus one task fit a
+2-core machine.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+from datagen import labeling, urls
+from datagen.captions import CaptionParams
+from datagen.download import DownloadParams
+from datagen.models import ModelSpec, describe
+from datagen.params import ExistingPath, Params
+from datagen.units import Unit
+from pipelines.stages import ActorStage, Resources, Stage, TaskStage
+
+MODEL = Resources(num_cpus=0.25, batch_size=4)
+
+
+class UrlsResources(Params):
+    download: Resources = Resources(num_cpus=0.25, batch_size=64)
+    select: Resources = Resources(num_cpus=0.5)
+    detect: Resources = MODEL
+    segment: Resources = MODEL
+    caption: Resources = MODEL
+
+
+class Config(Params):
+    url_list: ExistingPath  # the URL list
+    url_col: str = "url"
+    caption_col: str | None = "caption"  # None: no caption column (captions from the captioner or the phrases)
+    keep_columns: list[str] = []  # more columns copied into provenance (e.g. LAION's LICENSE, similarity)
+    download: DownloadParams = DownloadParams()
+    persons: urls.PersonParams = urls.PersonParams()
+    captions: Literal["keep", "captioner"] = "keep"
+    caption: CaptionParams = CaptionParams()
+    resources: UrlsResources = UrlsResources()
+
+
+class UrlsSource:
+    name = "urls"
+    kind = "router"
+    Config = Config
+
+    def units(self, cfg: Config) -> list[Unit]:
+        return urls.list_units(cfg.url_list, cfg.url_col, cfg.caption_col, tuple(cfg.keep_columns))
+
+    def roles(self, cfg: Config) -> list[str]:
+        return ["detector", "segmenter"] + (["captioner"] if cfg.captions == "captioner" else [])
+
+    def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
+        p, r = cfg.persons, cfg.resources
+        stages = [
+            ActorStage(urls.DOWNLOAD, partial(urls.Download, cfg.download, p.phrases), r.download),
+            ActorStage("detect", partial(labeling.DetectSubjects, models["detector"], p.detection), r.detect),
+            TaskStage("select_boxes", partial(urls.select_boxes, rules=p), r.select),
+            ActorStage("segment", partial(labeling.SegmentSubjects, models["segmenter"], p.segmentation), r.segment),
+            TaskStage("persons", partial(urls.persons, rules=p, models=_models(cfg, models)), r.select),
+        ]
+        if cfg.captions == "captioner":  # after the filters: only kept images are captioned
+            stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
+                                     r.caption))
+        return stages
+
+
+def _models(cfg: Config, models: dict[str, ModelSpec]) -> dict:
+    described = describe(models)
+    if cfg.captions == "keep":
+        described["captioner"] = "alt_text"
+    return described
+
+
+SOURCE = UrlsSource()

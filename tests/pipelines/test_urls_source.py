@@ -1,0 +1,119 @@
+"""Source ``urls`` on local Ray against a local HTTP server serving good images, 404s, 500s, silent and dripping
+responses, truncated, HTML and noise bodies: the good ones land, each bad one is quarantined with its reason, the
+run does not wait for the silent server, a rerun does nothing and ``retry_failed`` recovers a server that came
+back. Then the real source (tiny models) on the project's sample inputs."""
+
+import json
+import os
+import time
+
+import pytest
+
+from datagen import shards
+from datagen.download import DownloadParams
+from datagen.samples import urls as url_inputs
+from datagen.shards.validate import validate
+from pipelines import ledger
+from pipelines.config import PipelineConfig, WriterConfig
+from pipelines.runner import run_source
+from pipelines.sources.urls import SOURCE, Config
+from tests.datagen.test_download import encoded
+from tests.image_server import ImageServer
+from tests.pipelines.fake_persons import FakePersonsUrls
+
+TWO, THREE = [[60, 100, 300, 580], [420, 90, 700, 570]], [[20, 100, 250, 560], [280, 80, 520, 580],
+                                                          [550, 100, 780, 560]]
+BOXES = {"two.jpg": TWO, "three.png": THREE, "one.jpg": TWO[:1]}
+ROWS = [("good", "two.jpg", "kept"), ("good", "three.png", "kept"), ("flaky", "two.jpg", "kept"),
+        ("good", "one.jpg", ("filtered", "select_boxes", "too_few_subjects")),
+        ("missing", "two.jpg", ("failed", "download", "http_404")),
+        ("slow", "two.jpg", ("failed", "download", "timeout")),
+        ("drip", "two.jpg", ("failed", "download", "timeout")),
+        ("truncated", "two.jpg", ("failed", "download", "truncated")),
+        ("html", "two.jpg", ("failed", "download", "not_an_image")),
+        ("noise", "two.jpg", ("failed", "download", "not_an_image")),
+        ("big", "two.jpg", ("filtered", "download", "too_large")),
+        ("robots", "two.jpg", ("filtered", "download", "robots_disallowed")),
+        ("down", "three.png", ("failed", "download", "http_503"))]
+SLOW_S = 60
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server():
+    images = {"two.jpg": encoded("JPEG"), "three.png": encoded("PNG", seed=1), "one.jpg": encoded("JPEG", seed=2)}
+    with ImageServer(images, slow_s=SLOW_S, drip_s=0.5) as s:
+        s.down = True
+        yield s
+
+
+def quarantine(out):
+    return {r["unit_id"]: (r["kind"], r["stage"], r["reason"])
+            for r in shards.read_table(out, shards.QUARANTINE_FILE).to_pylist()}
+
+
+def quarantine_details(out):
+    return [(r["unit_id"], r["reason"], r["detail"]) for r in shards.read_table(out, shards.QUARANTINE_FILE).to_pylist()]
+
+
+def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("".join(json.dumps({"url": server.url(route, name), "caption": f"{route} {name}"}) + "\n"
+                               for route, name, _ in ROWS))
+    scfg = Config(url_list=str(listing), download=DownloadParams(timeout_s=3.0, retries=1, backoff_s=0.05))
+    cfg = PipelineConfig(out=str(tmp_path / "ds"), writer=WriterConfig(units_per_shard=4))
+    out, source = cfg.out, FakePersonsUrls(BOXES)
+    unit = lambda i: f"urls:list.jsonl:{i}"  # noqa: E731
+
+    t0 = time.monotonic()
+    first = run_source(source, cfg, source_cfg=scfg)
+    assert time.monotonic() - t0 < SLOW_S  # each attempt ends at its 3 s deadline, not the server's 60 s
+    assert first.processed == {"kept": 3, "failed": 7, "filtered": 3}, quarantine_details(out)
+    assert quarantine(out) == {unit(i): want for i, (_, _, want) in enumerate(ROWS) if want != "kept"}
+    assert server.hits["/missing/two.jpg"] == 1 and server.hits["/slow/two.jpg"] == 2  # 404 not retried
+    assert validate(out).ok
+    samples = {s.provenance["url"]: s for s in shards.iter_samples(out)}
+    assert sorted(samples) == sorted(server.url(r, n) for r, n, want in ROWS if want == "kept")
+    three = samples[server.url("good", "three.png")]
+    assert [sub.boxes[0] for sub in three.subjects] == THREE and three.frames[0].caption == "good three.png"
+    assert three.source == "router" and all(sub.masks[0].shape == (600, 800) for sub in three.subjects)
+
+    shard_names = shards.list_shards(out)
+    again = run_source(source, cfg, source_cfg=scfg)
+    assert sum(again.processed.values()) == 0 and shards.list_shards(out) == shard_names
+
+    server.down = False  # the 503 server is back: a retry of the failed units recovers it, the rest fail again
+    retried = run_source(source, cfg, source_cfg=scfg, retry_failed=True)
+    assert retried.processed == {"kept": 1, "failed": 6}
+    q = quarantine(out)
+    assert unit(12) not in q and len(q) == 9
+    counts = ledger.summarize(ledger.reconcile(out, "urls"))
+    assert counts["units_kept"] == 4 and counts["samples"] == 4
+    keys = [r["key"] for r in shards.read_table(out, shards.INDEX_FILE).to_pylist()]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_real_source_on_the_sample_inputs(ray_local, tmp_path):
+    made = url_inputs.make(str(tmp_path / "inputs"))
+    cfg = PipelineConfig(out=str(tmp_path / "ds"), models="tiny")
+    result = run_source(SOURCE, cfg, source_cfg=Config(url_list=made["url_list"]))
+    assert sum(result.processed.values()) == 8
+    q = quarantine(cfg.out)
+    assert {q[f"urls:urls.jsonl:{i}"] for i in (4, 5, 6, 7)} == {
+        ("filtered", "download", "image_too_small"), ("failed", "download", "corrupt_image"),
+        ("failed", "download", "missing_file"), ("filtered", "download", "duplicate_url")}
+    # tiny random models find random boxes: each good image is kept or filtered by the people rules, never failed
+    for i in range(4):
+        assert q.get(f"urls:urls.jsonl:{i}", ("filtered", "persons"))[:2] in {("filtered", "select_boxes"),
+                                                                               ("filtered", "persons")}
+    manifest = shards.read_manifest(cfg.out)
+    assert manifest["synthetic_models"] is True and manifest["models"]["urls"]["detector"]["revision"] == "tiny"
