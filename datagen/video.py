@@ -47,6 +47,9 @@ class SamplingParams(Params):
     candidates: int = Field(10, ge=1)  # times tried in the chosen shot (each one seek + decode)
     min_shot_s: float = 1.0  # shorter shots are not sampled
     shot_margin_s: float = 0.2  # candidates keep this far from the shot's cuts (transitions, encoder smear)
+    scan: Literal["full", "keyframes"] = "full"  # how cuts are looked for (see ``scan``)
+    keyframe_threshold: float = 27.0  # scan "keyframes": ContentDetector score of consecutive keyframes above
+    #                                   which the interval between them is decoded to look for a cut
     detector: Literal["content", "adaptive"] = "content"  # PySceneDetect ContentDetector / AdaptiveDetector
     content_threshold: float = 27.0
     adaptive_threshold: float = 3.0
@@ -156,43 +159,99 @@ def _cut_detector(p: SamplingParams):
     return ContentDetector(threshold=p.content_threshold, min_scene_len=0)
 
 
+def _thumbnail(frame, width: int) -> np.ndarray:
+    height = max(2, round(width * frame.height / frame.width / 2) * 2)
+    return frame.to_ndarray(format="bgr24", width=width, height=height)
+
+
 @dataclass
 class Scan:
     cuts: list[float]  # stream times (s) of the first thumbnail after each cut
-    start: float  # time of the first frame
-    end: float  # time of the last frame
+    keyframes: list[float]  # stream times of the keyframes seen
+    start: float | None  # time of the first frame
+    end: float | None  # time of the last frame
     fps: float
+    decoded: int  # frames the scan decoded
+
+
+def _detect(frames, detector, p: SamplingParams, fps: float, stop: float = np.inf) -> Scan:
+    """Feed ``scan_fps`` thumbnails a second of ``frames`` (and the first one at or after ``stop``) to a
+    PySceneDetect detector; ``start``/``end`` are the first and last frame times (None when none decoded)."""
+    from scenedetect import FrameTimecode
+
+    out = Scan([], [], None, None, fps, 0)
+    due = -np.inf
+    for frame in frames:
+        out.decoded += 1
+        if frame.time is None:
+            continue
+        t = out.end = frame.time
+        out.start = t if out.start is None else out.start
+        if frame.key_frame:
+            out.keyframes.append(t)
+        if t >= due or t >= stop:
+            due = t + 1 / p.scan_fps
+            out.cuts += [c.seconds for c in detector.process_frame(FrameTimecode(t, fps), _thumbnail(frame, p.scan_width))]
+        if t >= stop:
+            break
+    if out.end is not None:
+        out.cuts += [c.seconds for c in detector.post_process(FrameTimecode(out.end, fps))]
+    return out
 
 
 def scan(container, stream, p: SamplingParams, url: str = "") -> Scan:
-    """Pass 1: cut times from small thumbnails of one sequential decode."""
-    from scenedetect import FrameTimecode
+    """Pass 1: the cut times.
+
+    ``scan: full`` (default) decodes the clip once, skipping the B-frames nothing refers to, and feeds
+    thumbnails to the detector: every shot boundary is looked at. ``scan: keyframes`` decodes the keyframes
+    first; only intervals between consecutive keyframes that differ by ``keyframe_threshold`` (camera motion
+    or a cut), plus the tail after the last keyframe, are decoded for the detector. It saves decoding on calm
+    footage (talking heads, product shots) and can miss a cut whose two sides look alike at the keyframes
+    (a cut away and back inside one interval).
+    """
+    from scenedetect import ContentDetector, FrameTimecode
 
     fps = _fps(stream)
-    detector = _cut_detector(p)
     stream.codec_context.skip_frame = "NONREF"  # B-frames nothing refers to are not needed to find cuts
-    cuts, start, end, due = [], None, None, -np.inf
     try:
-        for frame in container.decode(stream):
-            t = frame.time
-            if t is None:
-                continue
-            start = t if start is None else start
-            end = t
-            if t < due:
-                continue
-            due = t + 1 / p.scan_fps
-            height = max(2, round(p.scan_width * frame.height / frame.width / 2) * 2)
-            thumb = frame.to_ndarray(format="bgr24", width=p.scan_width, height=height)
-            cuts += detector.process_frame(FrameTimecode(t, fps), thumb)
+        if p.scan == "full":
+            result = _detect(container.decode(stream), _cut_detector(p), p, fps)
+        else:
+            keys, end = _keyframe_thumbnails(container, stream, p)
+            result = Scan([], [t for t, _ in keys], keys[0][0] if keys else None, end, fps, len(keys))
+            coarse = ContentDetector(threshold=p.keyframe_threshold, min_scene_len=0)
+            intervals = [(keys[k - 1][0], t) for k, (t, thumb) in enumerate(keys)
+                         if coarse.process_frame(FrameTimecode(t, fps), thumb) and k > 0]
+            intervals += [(keys[-1][0], np.inf)] if keys else []  # the coarse pass never saw the tail
+            for a, b in intervals:
+                container.seek(int(round(a / stream.time_base)), stream=stream, backward=True)
+                part = _detect(container.decode(stream), _cut_detector(p), p, fps, stop=b)
+                result.cuts += part.cuts
+                result.decoded += part.decoded
+                result.end = max(result.end, part.end) if part.end is not None else result.end
     except av.error.FFmpegError as e:
-        raise BadInput("corrupt_video", f"{url}: decoding failed after {end}s: {e}") from None
+        raise BadInput("corrupt_video", f"{url}: decoding failed: {e}") from None
     finally:
         stream.codec_context.skip_frame = "DEFAULT"
-    if start is None:
+    if result.start is None:
         raise BadInput("no_frames", f"{url}: the video stream decodes to no frame")
-    cuts += detector.post_process(FrameTimecode(end, fps))
-    return Scan(sorted(c.seconds for c in cuts), start, end, fps)
+    result.cuts = sorted(set(result.cuts))
+    return result
+
+
+def _keyframe_thumbnails(container, stream, p: SamplingParams) -> tuple[list[tuple[float, np.ndarray]], float]:
+    """Thumbnails of the keyframes (the only packets decoded) and the time of the last packet."""
+    stream.codec_context.skip_frame = "NONKEY"
+    keys, end = [], None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                t = float(packet.pts * stream.time_base)
+                end = t if end is None else max(end, t)
+            keys += [(f.time, _thumbnail(f, p.scan_width)) for f in packet.decode() if f.time is not None]
+    finally:
+        stream.codec_context.skip_frame = "NONREF"
+    return keys, end
 
 
 def shots(s: Scan, scan_fps: float) -> list[tuple[float, float]]:
@@ -203,14 +262,23 @@ def shots(s: Scan, scan_fps: float) -> list[tuple[float, float]]:
     return [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
-def frames_at(container, stream, times: list[float], max_side: int | None = None) -> list[tuple[float, np.ndarray]]:
-    """Pass 2: the frame shown at each time, by seeking to the keyframe before it and decoding forward."""
+def frames_at(container, stream, times: list[float], max_side: int | None = None,
+              keyframes: list[float] | None = None) -> list[tuple[float, np.ndarray]]:
+    """Pass 2: the frame shown at each (ascending) time. The decoder seeks to the keyframe before a time, unless
+    it already stands between that keyframe and the time: then decoding on is cheaper than seeking back."""
     out = []
     half = 0.5 / _fps(stream)
+    frames, position = None, None
     for t in times:
-        container.seek(int(t / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if frame.time is not None and frame.time >= t - half:
+        key = max((k for k in keyframes or () if k <= t + half), default=None)
+        if frames is None or key is None or position is None or not key <= position < t - half:
+            container.seek(int(t / stream.time_base), stream=stream, backward=True)
+            frames = container.decode(stream)
+        for frame in frames:
+            if frame.time is None:
+                continue
+            position = frame.time
+            if frame.time >= t - half:
                 w, h = frame.width, frame.height
                 scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
                 size = {"width": round(w * scale), "height": round(h * scale)} if scale < 1 else {}
@@ -273,7 +341,7 @@ def sample_clip(url: str, p: SamplingParams, fp: FilterParams | None = None) -> 
         a, b = max(usable, key=lambda ab: ab[1] - ab[0])
         lo, hi = a + p.shot_margin_s, b - p.shot_margin_s
         times = list(np.linspace(lo, hi, p.candidates)) if hi > lo else [(a + b) / 2]
-        candidates = frames_at(container, stream, times, p.max_side)
+        candidates = frames_at(container, stream, times, p.max_side, s.keyframes)
     chosen, drops = select(candidates, p)
     if len(chosen) < p.min_frames:
         detail = ", ".join(f"{r} {n}" for r, n in sorted(drops.items())) or "none skipped"

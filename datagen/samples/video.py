@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from datagen.samples.photos import PHOTO
 
 FPS = 24
-SIZE = (640, 480)
+SIZE = (768, 576)
 
 
 @dataclass

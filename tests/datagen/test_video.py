@@ -145,3 +145,24 @@ def test_fsspec_urls_are_read_through_a_file_object(clips):
     s = video.sample_clip(url, SamplingParams(max_frames=2), FP)
     local = video.sample_clip(clips["zoom.mp4"], SamplingParams(max_frames=2), FP)
     assert [n for _, n, _ in s.frames] == [n for _, n, _ in local.frames]
+
+
+@pytest.mark.parametrize("name", ["pan_cut.mp4", "short_long.mp4", "zoom.mp4", "still.mp4"])
+def test_keyframe_scan_finds_the_cuts_of_the_full_scan(clips, name):
+    def scan(mode):
+        with video.open_video(clips[name]) as (c, stream):
+            return video.scan(c, stream, SamplingParams(scan=mode))
+
+    full, keys = scan("full"), scan("keyframes")
+    assert keys.cuts == pytest.approx(full.cuts, abs=1 / 8)
+    assert keys.start == full.start and keys.end == pytest.approx(full.end, abs=1 / 24)
+    assert keys.keyframes == full.keyframes and len(keys.keyframes) >= 2
+    if name == "still.mp4":  # calm footage: only the tail after the last keyframe is decoded
+        assert keys.decoded < full.decoded / 1.5, (keys.decoded, full.decoded)
+
+
+def test_keyframe_scan_samples_the_same_frames(clips):
+    full = video.sample_clip(clips["pan_cut.mp4"], SamplingParams(), FP)
+    keys = video.sample_clip(clips["pan_cut.mp4"], SamplingParams(scan="keyframes"), FP)
+    assert [n for _, n, _ in keys.frames] == [n for _, n, _ in full.frames]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(keys.frames, full.frames))
