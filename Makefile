@@ -2,14 +2,15 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Optional backends installed by `make setup` (see README "Extras"); add `blender` for photoreal renders.
+# Optional backends installed by `make setup` (see README "Extras"); `make setup-blender` for photoreal renders.
 EXTRAS ?= dev,render,official
+BLENDER_VENV ?= .venv-blender
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 SAMPLE_INPUTS ?= data/inputs
 SAMPLE_OUT ?= data/sample
 
-.PHONY: setup dataset test test-slow bench clean-sample
+.PHONY: setup setup-blender dataset test test-slow bench clean-sample
 
 setup: $(STAMP)
 
@@ -21,6 +22,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The blender render backend's own interpreter: bpy pins numpy<2 and Python 3.11 (requirements-blender.txt).
+setup-blender: $(BLENDER_VENV)/.installed
+
+$(BLENDER_VENV)/.installed: requirements-blender.txt
+	test -x $(BLENDER_VENV)/bin/python || $(PY) -m venv $(BLENDER_VENV)
+	$(BLENDER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BLENDER_VENV)/bin/python -m pip install -q -r requirements-blender.txt
 	touch $@
 
 dataset: setup

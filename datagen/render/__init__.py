@@ -38,6 +38,8 @@ from datagen.render.rig import CameraParams, LightParams, View
 from datagen.units import BadInput, Rejected
 
 BACKEND_MODULES = {"fast": "pyrender", "blender": "bpy"}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BLENDER_PYTHON = os.path.join(REPO_ROOT, ".venv-blender", "bin", "python")  # made by `make setup-blender`
 
 
 class FastParams(Params):
@@ -47,6 +49,9 @@ class FastParams(Params):
 
 class BlenderParams(Params):
     samples: int = Field(32, ge=1)  # Cycles samples per pixel (BlenderProc's default is 1024)
+    # Interpreter with bpy + blenderproc. bpy pins numpy<2 (this project's environment is on numpy 2), so it lives
+    # in its own venv (`make setup-blender`). None: this interpreter when it has bpy, else BLENDER_PYTHON.
+    python: str | None = None
     denoise: bool = True  # OpenImageDenoise, on the CPU
     max_bounces: int = Field(4, ge=0)
 
@@ -74,13 +79,39 @@ class Rendered:
     info: dict[str, Any] = field(default_factory=dict)  # mesh counts, renderer version, seconds
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment of a renderer child: this source tree importable from any interpreter (see BLENDER_PYTHON)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def interpreter(p: RenderParams) -> str:
+    """The Python that runs ``p.backend`` (see ``BlenderParams.python``)."""
+    if p.backend == "fast" or (p.blender.python is None and importlib.util.find_spec("bpy") is not None):
+        return sys.executable
+    return p.blender.python or BLENDER_PYTHON
+
+
 def check_backend(p: RenderParams) -> None:
     """Fail at start-up, not per object, when the backend's package is missing."""
+    python = interpreter(p)
     module = BACKEND_MODULES[p.backend]
-    if importlib.util.find_spec(module) is None:
-        extra = "render" if p.backend == "fast" else "blender"
-        raise RuntimeError(f"render backend {p.backend!r} needs `{module}`: pip install -e '.[{extra}]' "
-                           "(see README, Objaverse renders)")
+    if python == sys.executable:
+        if importlib.util.find_spec(module) is None:
+            fix = "pip install -e '.[render]'" if p.backend == "fast" else "make setup-blender"
+            raise RuntimeError(f"render backend {p.backend!r} needs `{module}` in {python}: {fix} "
+                               "(see README, Objaverse renders)")
+        return
+    if not p.isolate:
+        raise RuntimeError(f"render backend {p.backend!r} runs in {python}: it needs isolate: true")
+    if not os.access(python, os.X_OK):
+        raise RuntimeError(f"render backend {p.backend!r} needs a Python with bpy + blenderproc at {python}: "
+                           "run `make setup-blender` or set params.render.blender.python (see README)")
+    # the child's own imports: bpy, BlenderProc past its start-up check, and this package on that numpy
+    probe = subprocess.run([python, "-c", "from datagen.render.blender import _import_blenderproc as f; f()"],
+                           capture_output=True, text=True, timeout=300, env=child_env())
+    if probe.returncode != 0:
+        raise RuntimeError(f"{python} cannot run the blender backend (run `make setup-blender`): "
+                           f"{probe.stderr.strip()[-1000:]}")
 
 
 def make_backend(name: str):
@@ -123,8 +154,8 @@ class RenderProcess:
     START_TIMEOUT_S = 300.0  # importing bpy and opening a GL context, before the first object's own budget
     TAIL_CHARS = 3000
 
-    def __init__(self, backend: str, threads: int):
-        self.backend, self.threads = backend, threads
+    def __init__(self, backend: str, threads: int, python: str = sys.executable):
+        self.backend, self.threads, self.python = backend, threads, python
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.log = tempfile.NamedTemporaryFile(prefix=f"render-{backend}-", suffix=".log", delete=False).name
@@ -139,12 +170,10 @@ class RenderProcess:
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
-        env = {**os.environ, "LP_NUM_THREADS": str(self.threads), "OMP_NUM_THREADS": str(self.threads),
-               "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                                              os.environ.get("PYTHONPATH", "")])}
+        env = child_env(LP_NUM_THREADS=str(self.threads), OMP_NUM_THREADS=str(self.threads))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "datagen.render.worker", str(child.fileno()), self.backend],
+                [self.python, "-m", "datagen.render.worker", str(child.fileno()), self.backend],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             )
         child.close()
@@ -191,16 +220,16 @@ class RenderProcess:
             self.proc = None
 
 
-_PROCESSES: dict[tuple[str, int], RenderProcess] = {}
+_PROCESSES: dict[tuple[str, int, str], RenderProcess] = {}
 _BACKENDS: dict[str, Any] = {}
 
 
 def render(path: str, p: RenderParams, seed: int) -> Rendered:
     """Render one object as ``p`` says: in this worker's child process (``isolate``), or here."""
     if p.isolate:
-        key = (p.backend, p.threads)
+        key = (p.backend, p.threads, interpreter(p))
         if key not in _PROCESSES:
-            _PROCESSES[key] = RenderProcess(p.backend, p.threads)
+            _PROCESSES[key] = RenderProcess(*key)
         return _PROCESSES[key].render(path, p, seed)
     if p.backend not in _BACKENDS:
         os.environ.setdefault("LP_NUM_THREADS", str(p.threads))  # read when the GL context is made

@@ -152,8 +152,9 @@ def _wire_vertex_colors(bpy, obj) -> None:
             continue
         material.use_nodes = True
         nodes, links = material.node_tree.nodes, material.node_tree.links
-        if any(n.type == "VERTEX_COLOR" for n in nodes):
-            continue
+        names = {a.name for a in attributes}
+        if any(n.type == "VERTEX_COLOR" or (n.type == "ATTRIBUTE" and n.attribute_name in names) for n in nodes):
+            continue  # already used (BlenderProc's PLY loader wires an Attribute node)
         bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
         if bsdf is None:
             continue

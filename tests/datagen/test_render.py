@@ -1,9 +1,11 @@
 """The 7-view renderer (fast backend) on meshes made here: exact masks, cameras, distinct views, determinism,
 texture and vertex colours, load checks, and the child process's timeout and crash handling."""
 
+import importlib.util
 import json
 import os
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -227,3 +229,15 @@ def test_child_process_matches_in_process_and_survives_timeouts_and_crashes(file
         assert np.array_equal(proc.render(files["box"], p, 0).masks, here.masks)
     finally:
         proc.close()
+
+
+def test_blender_backend_without_its_interpreter_fails_at_start_up_naming_the_fix(tmp_path):
+    missing = render.RenderParams(backend="blender", blender={"python": str(tmp_path / "no-python")})
+    with pytest.raises(RuntimeError, match="make setup-blender"):
+        render.check_backend(missing)
+    with pytest.raises(RuntimeError, match="isolate: true"):  # another interpreter is only reachable in a child
+        render.check_backend(missing.model_copy(update={"isolate": False}))
+    no_bpy = missing.model_copy(update={"blender": missing.blender.model_copy(update={"python": sys.executable})})
+    if importlib.util.find_spec("bpy") is None:  # this interpreter, named explicitly, has no bpy
+        with pytest.raises(RuntimeError, match="needs `bpy`.*make setup-blender"):
+            render.check_backend(no_bpy)
