@@ -91,17 +91,21 @@ class DetectSubjects:
         return items
 
 
-def filter_boxes(item: Item, p: FilterParams) -> Item:
-    """B.1 rules (1)–(5), per frame, before segmentation (SAM runs only on boxes that can survive)."""
-    frames = _sample(item).frames
+def _filter_frames(item: Item, step: str, keep) -> Item:
+    """Apply ``keep(instances, frame) -> (survivors, drops)`` to every frame, counting drops under ``step``."""
     kept = []
-    for fr, instances in zip(frames, item.scratch["instances"]):
-        survivors, drops = filters.filter_boxes(instances, fr.width, fr.height, p)
-        _count(item, "filter_boxes", drops)
+    for fr, instances in zip(_sample(item).frames, item.scratch["instances"]):
+        survivors, drops = keep(instances, fr)
+        _count(item, step, drops)
         kept.append(survivors)
     item.scratch["instances"] = kept
-    _require_instances(item, "filter_boxes")
+    _require_instances(item, step)
     return item
+
+
+def filter_boxes(item: Item, p: FilterParams) -> Item:
+    """B.1 rules (1)–(5), per frame, before segmentation (SAM runs only on boxes that can survive)."""
+    return _filter_frames(item, "filter_boxes", lambda xs, fr: filters.filter_boxes(xs, fr.width, fr.height, p))
 
 
 class SegmentSubjects:
@@ -120,14 +124,7 @@ class SegmentSubjects:
 
 def filter_masks(item: Item, p: FilterParams) -> Item:
     """B.1 rule (6): a mask covering less than ``min_mask_box_ratio`` of its box is dropped."""
-    kept = []
-    for instances in item.scratch["instances"]:
-        survivors, drops = filters.by_mask_box_ratio(instances, p)
-        _count(item, "filter_masks", drops)
-        kept.append(survivors)
-    item.scratch["instances"] = kept
-    _require_instances(item, "filter_masks")
-    return item
+    return _filter_frames(item, "filter_masks", lambda xs, fr: filters.by_mask_box_ratio(xs, p))
 
 
 class EmbedSubjects:

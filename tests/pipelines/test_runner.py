@@ -18,16 +18,6 @@ from tests.pipelines.toy_source import ToyConfig, ToySource
 UNITS = [f"ok-{i}" for i in range(7)] + ["two-0", "bad-0", "crash-0", "reject-0", "poison-0"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def run(out, units=UNITS, **kw):
     cfg = PipelineConfig(out=str(out), writer=WriterConfig(units_per_shard=3))
     return run_source(ToySource(), cfg, source_cfg=ToyConfig(units=units), **kw)

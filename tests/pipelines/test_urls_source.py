@@ -4,7 +4,6 @@ run does not wait for the silent server, a rerun does nothing and ``retry_failed
 back. Then the real source (tiny models) on the project's sample inputs."""
 
 import json
-import os
 import time
 
 import pytest
@@ -36,16 +35,6 @@ ROWS = [("good", "two.jpg", "kept"), ("good", "three.png", "kept"), ("flaky", "t
         ("robots", "two.jpg", ("filtered", "download", "robots_disallowed")),
         ("down", "three.png", ("failed", "download", "http_503"))]
 SLOW_S = 60
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
