@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
 
 from anystory import (
     AnyStoryModel,
@@ -239,6 +240,9 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     batches = iter(make_loader(cfg.data, factors, t.seed, position))
     model.train()
     result = TrainResult(bare, output_dir=out_dir)
+    samples_per_step = cfg.data.batch_size * t.grad_accum * accelerator.num_processes
+    progress = tqdm(total=t.max_steps, initial=step.value, desc=f"stage {cfg.stage}", unit="step",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     while step.value < t.max_steps:
         totals: dict[str, float] = {}
         for _ in range(t.grad_accum):
@@ -259,6 +263,10 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"step {step.value}: non-finite loss {totals} (batch keys {batch['keys']})")
         result.losses.append(totals)
+        progress.update(1)
+        rate = progress.format_dict["rate"]
+        progress.set_postfix({k: f"{v:.4f}" for k, v in totals.items()}
+                             | {"samples_s": f"{rate * samples_per_step:.2f}" if rate else "-"})
         if t.tracker and step.value % t.log_every == 0:
             accelerator.log({f"loss/{k}": v for k, v in totals.items()} | {"lr": lr_scheduler.get_last_lr()[0]},
                             step=step.value)
@@ -268,6 +276,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         if step.value % t.checkpoint_every == 0 or step.value == t.max_steps:
             checkpoints.save_checkpoint(accelerator, lambda d: bare.save_adapters(d, parts), out_dir, step.value,
                                         t.keep_last)
+    progress.close()
     if accelerator.is_main_process:
         # Everything the pipeline needs in one folder (stage 2: the stage-1 encoder too).
         bare.save_adapters(out_dir / checkpoints.ADAPTERS, STAGE_PARTS[1] + (("router",) if cfg.stage == 2 else ()))
