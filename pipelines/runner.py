@@ -303,7 +303,7 @@ def report(result: RunResult) -> str:
         f"{c['units_filtered'] + c['units_failed']} quarantined "
         f"({c['units_filtered']} filtered, {c['units_failed']} failed)",
     ]
-    for title, key in (("filtered", "filtered"), ("failed", "failed"), ("dropped subjects", "dropped")):
+    for title, key in (("filtered", "filtered"), ("failed", "failed"), ("dropped in units", "dropped")):
         for reason, n in c[key].items():
             lines.append(f"   {title:16s} {reason}: {n}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """``python -m datagen.shards stats DIR [--json]``: what a dataset holds.
 
 Samples per source, frames and subjects per sample, subject area range, and from the manifest and
-quarantine: units kept, filtered and failed by reason, subjects dropped by reason.
+quarantine: units kept, filtered and failed by reason; frames, boxes and subjects dropped inside units by reason.
 """
 
 from __future__ import annotations
