@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import tarfile
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -317,7 +318,7 @@ class ShardWriter:
         self._name: str | None = None
         self._tmp: str | None = None
         self._file: Any = None
-        self._tar: wds.TarWriter | None = None
+        self._tar: tarfile.TarFile | None = None
         self._bytes = 0
         self._keys: list[str] = []
 
@@ -334,7 +335,9 @@ class ShardWriter:
         tmp_dir = self.dir if self.local else tempfile.gettempdir()
         self._tmp = os.path.join(tmp_dir, f".{self._name}.tmp-{uuid.uuid4().hex[:8]}")
         self._file = open(self._tmp, "wb")
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: a float mtime costs a PAX header per file
+        # Members as webdataset's TarWriter writes them (USTAR, 0444, bigdata, mtime 0), but through tarfile's
+        # seekable "w" mode: TarWriter opens "w|", whose stream buffer copies every byte once more (~15% slower).
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._bytes, self._keys = 0, []
 
     def _finish(self) -> None:
@@ -357,10 +360,21 @@ class ShardWriter:
             self._finish()
         if self._tar is None:
             self._open()
-        self._tar.write(encoded)
+        self._add_members(encoded)
         self._bytes += size
         self._keys.append(encoded["__key__"])
         return self._name
+
+    def _add_members(self, encoded: dict[str, Any]) -> None:
+        key = encoded["__key__"]
+        for k in sorted(encoded):
+            if k.startswith("_"):
+                continue
+            data = encoded[k]
+            info = tarfile.TarInfo(f"{key}.{k}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> dict[str, list[str]]:
         self._finish()
