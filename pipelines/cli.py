@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
-    from pipelines.runner import ResourceError, report, run_source
+    from pipelines.runner import InputError, ResourceError, report, run_source
     from pipelines.sources import SOURCES
 
     overrides = {k: v for k, v in (("out", args.out), ("ray.address", args.address),
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             result = run_source(SOURCES[name], cfg, limit=args.limit, retry_failed=args.retry_quarantined)
-        except (MissingModelError, ResourceError) as e:
+        except (MissingModelError, ResourceError, InputError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(report(result))

@@ -93,6 +93,10 @@ class ResourceError(RuntimeError):
     """The stages' actor pools cannot all be placed on the cluster at once (the run would hang)."""
 
 
+class InputError(RuntimeError):
+    """A source's inputs cannot be listed (a list file that is not a table, a folder that went away...)."""
+
+
 def check_resources(stages: list, writer_cpus: float, cluster: dict[str, float], local: bool) -> None:
     """Actor pools hold their resources for the whole run: they, plus one task, must fit in the cluster.
 
@@ -172,7 +176,10 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
     scfg = source_cfg if source_cfg is not None else getattr(cfg.sources, source.name)
     start = time.time()
     specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models)  # fails here, before any work
-    units = source.units(scfg)
+    try:
+        units = source.units(scfg)
+    except (OSError, ValueError, KeyError) as e:  # nothing has started: say which input, not a traceback
+        raise InputError(f"sources.{source.name}: cannot list the inputs: {type(e).__name__}: {e}") from e
     if limit is not None:
         units = units[:limit]
     ids = [u.id for u in units]

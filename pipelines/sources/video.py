@@ -21,7 +21,7 @@ from datagen import labeling, video
 from datagen.labeling import LabelingParams
 from datagen.video import VIDEO_EXTENSIONS, SamplingParams
 from datagen.models import ModelSpec, describe
-from datagen.params import Params
+from datagen.params import ExistingPath, Params
 from datagen.units import Unit
 from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
@@ -38,7 +38,7 @@ class VideoResources(Params):
 
 
 class Config(Params):
-    inputs: list[str]  # folders, .txt/.csv/.parquet lists of paths or URLs, single clips (local or fsspec)
+    inputs: list[ExistingPath]  # folders, .txt/.csv/.parquet lists of paths or URLs, single clips (local or fsspec)
     column: str = "path"  # column of .csv/.parquet lists
     extensions: list[str] = list(VIDEO_EXTENSIONS)  # files taken from folders
     sampling: SamplingParams = SamplingParams()

@@ -141,6 +141,13 @@ def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, capsys):
                               "    params: {filters: {min_score: high}}\n")
     assert cli_main(["coco", "--config", cfg]) == 2
     assert "sources.coco.params.filters.min_score" in capsys.readouterr().err
+    cfg = write_cfg(tmp_path, f"out: {out}\nsources:\n  video:\n    inputs: [{tmp_path}/clips]\n")
+    assert cli_main(["video", "--config", cfg, "--models", "tiny"]) == 2
+    assert "sources.video.inputs.0: Value error, path does not exist" in capsys.readouterr().err
+    (tmp_path / "list.csv").write_text("file,caption\nx.mp4,a clip\n")  # no `path` column
+    cfg = write_cfg(tmp_path, f"out: {out}\nsources:\n  video:\n    inputs: [{tmp_path}/list.csv]\n")
+    assert cli_main(["video", "--config", cfg, "--models", "tiny"]) == 2  # inputs unreadable: refused, no traceback
+    assert "sources.video: cannot list the inputs" in capsys.readouterr().err
     assert not out.exists()
 
 
