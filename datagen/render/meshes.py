@@ -39,7 +39,8 @@ class Mesh:
 
     def info(self) -> dict:
         return {"faces": self.faces, "vertices": self.vertices, "textured_primitives": self.textured,
-                "vertex_colored_primitives": self.vertex_colored, "scale": float(self.normalization[0, 0])}
+                "vertex_colored_primitives": self.vertex_colored, "scale": float(self.normalization[0, 0]),
+                "normalization": self.normalization.tolist()}  # file coordinates → the cameras' world
 
 
 def gltf_document(path: str) -> dict | None:

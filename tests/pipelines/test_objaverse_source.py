@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import trimesh
 import yaml
 
 from datagen import objaverse, shards
@@ -58,6 +59,7 @@ def test_seven_views_with_exact_masks_cameras_and_captions(run):
                        objaverse.unit_seed(cfg.params.seed, unit.id))
         subject = s.subjects[0]
         phrases.add(subject.phrase)
+        centre = np.mean(trimesh.load(unit.ref["path"], force="scene").bounds, axis=0)
         assert subject.id == 0 and sorted(subject.masks) == list(range(7))
         for j, frame in enumerate(s.frames):
             assert np.array_equal(subject.masks[j], again.masks[j])
@@ -65,7 +67,9 @@ def test_seven_views_with_exact_masks_cameras_and_captions(run):
             view = frame.fields["view"]
             assert view["convention"] == "opencv_c2w"
             K, pose = np.array(view["K"]), np.array(view["pose"])
-            uvw = K @ np.linalg.inv(pose)[:3] @ np.array([0.0, 0.0, 0.0, 1.0])  # the object's centre
+            # the object's centre: its bounding-box centre in the file, through the recorded normalisation
+            to_world = np.array(s.provenance["mesh"]["normalization"])
+            uvw = K @ np.linalg.inv(pose)[:3] @ to_world @ np.append(centre, 1.0)
             assert np.abs(uvw[:2] / uvw[2] - K[:2, 2]).max() < 2.0
             assert np.allclose(K[:2, 2], RES / 2)
             assert frame.caption == s.frames[0].caption and frame.caption
