@@ -102,11 +102,22 @@ def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfold
     return place(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
 
 
-def build_scheduler(pretrained: str | None = None) -> EulerDiscreteScheduler:
+SAMPLERS = ("euler", "edm")
+
+
+def build_scheduler(pretrained: str | None = None, sampler: str = "euler") -> EulerDiscreteScheduler:
+    """SDXL's Euler scheduler; ``sampler="edm"``: the same on EDM's noise levels (Karras et al. 2022, ρ = 7), the
+    paper's sampling (25 EDM steps, CFG 7.5) for SDXL's ε-prediction UNet."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r}: one of {SAMPLERS}")
     if pretrained is not None:
-        return from_local(EulerDiscreteScheduler.from_pretrained, "SDXL scheduler", pretrained, "scheduler",
-                          _sdxl_fetch("'scheduler/*'"))
-    return EulerDiscreteScheduler.from_config(load_config("sdxl", "scheduler"))
+        scheduler = from_local(EulerDiscreteScheduler.from_pretrained, "SDXL scheduler", pretrained, "scheduler",
+                               _sdxl_fetch("'scheduler/*'"))
+    else:
+        scheduler = EulerDiscreteScheduler.from_config(load_config("sdxl", "scheduler"))
+    if sampler == "edm":
+        scheduler = EulerDiscreteScheduler.from_config(scheduler.config, use_karras_sigmas=True)
+    return scheduler
 
 
 @cache

@@ -76,16 +76,18 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
 
     @classmethod
     def build(cls, size: str = "sdxl", pretrained: str | None = None, clip_pretrained: str | None = None,
-              adapters: str | None = None, ip_adapter: str | None = None, device=None, dtype=None) -> AnyStoryPipeline:
+              adapters: str | None = None, ip_adapter: str | None = None, device=None, dtype=None,
+              sampler: str = "euler") -> AnyStoryPipeline:
         """Every component from ``anystory.builders`` (``size="tiny"``: all random and offline), then the trained
-        adapters from ``adapters`` (a ``save_adapters`` directory) when given."""
+        adapters from ``adapters`` (a ``save_adapters`` directory) when given. ``sampler``: "euler" (SDXL's
+        default) or "edm" (Euler on EDM's noise levels, as the paper samples)."""
         model = AnyStoryModel.build(size, pretrained, clip_pretrained, ip_adapter, device=device, dtype=dtype)
         if adapters is not None:
             model.load_adapters(adapters)
         te, te2, tok, tok2 = builders.build_text_encoders_and_tokenizers(size, pretrained, device=device, dtype=dtype)
         return cls(vae=builders.build_vae(size, pretrained, device=device, dtype=dtype), text_encoder=te,
                    text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2, unet=model.unet,
-                   scheduler=builders.build_scheduler(pretrained), image_encoder=model.clip,
+                   scheduler=builders.build_scheduler(pretrained, sampler), image_encoder=model.clip,
                    subject_qformer=model.subject_qformer, reference_net=model.reference_net, router=model.router)
 
     def load_adapters(self, directory: str) -> list[str]:

@@ -120,3 +120,22 @@ def test_segmentation_masks_from_hand_made_maps():
     masks = segment_from_routing_maps([[left]], (4, 4))
     assert masks[0, 0, :, :2].all() and not masks[0, 0, :, 2:].any()
     assert masks[0, 1, 0, 3] and not masks[0, 1, 3, 3] and not masks[0].any(0)[3, 3]
+
+
+def test_edm_sampler_runs_on_edm_noise_levels():
+    from anystory.builders import build_scheduler
+
+    edm, euler = build_scheduler(sampler="edm"), build_scheduler()
+    edm.set_timesteps(25)
+    euler.set_timesteps(25)
+    sigmas = edm.sigmas[:-1].double()  # the last is 0
+    rho, hi, lo = 7.0, sigmas[0], sigmas[-1]
+    ramp = torch.linspace(0, 1, 25, dtype=torch.float64)
+    karras = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho  # Karras et al. 2022, Eq. 5
+    torch.testing.assert_close(sigmas, karras, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(euler.sigmas[:-1].double(), karras, rtol=1e-2)  # the default is another schedule
+    with pytest.raises(ValueError, match="one of"):
+        build_scheduler(sampler="ddim")
+    pipe = AnyStoryPipeline.build("tiny", sampler="edm")
+    out = _run(pipe, [_subject(0), _subject(1)])
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all() and len(out.routing_maps) == STEPS
