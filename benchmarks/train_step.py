@@ -11,7 +11,7 @@ encoders are not shipped as configs, so they are built here at CLIP ViT-L/14 and
 ``--pretrained DIR`` (an SDXL diffusers directory) to use the real ones.
 
     python benchmarks/train_step.py [--resolution 1024] [--batches 1 2 4 8 16] [--subjects 2] [--steps 5]
-    python benchmarks/train_step.py --size tiny --resolution 64 --batches 1 2 --steps 2   # CPU smoke run
+    python benchmarks/train_step.py            # without CUDA: the tiny CPU smoke run (--size sdxl to force)
 """
 
 from __future__ import annotations
@@ -150,18 +150,26 @@ def run_stage(stage: int, args, device: torch.device) -> list[tuple]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="sdxl", choices=builders.SIZES)
+    p.add_argument("--size", choices=builders.SIZES, help="default: sdxl on CUDA, else the tiny smoke run")
     p.add_argument("--pretrained", help="SDXL diffusers directory (default: random weights from shipped configs)")
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--batches", type=int, nargs="+")
     p.add_argument("--subjects", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int)
     p.add_argument("--stages", type=int, nargs="+", default=[2, 1])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.size is None and device.type != "cuda":  # SDXL-size training needs more than a CPU box's memory
+        print("no CUDA device: the tiny smoke run (its figures mean nothing); --size sdxl forces the real size")
+    real = args.size == "sdxl" or (args.size is None and device.type == "cuda")
+    args.size = "sdxl" if real else "tiny"
+    args.resolution = args.resolution or (1024 if real else 64)
+    args.batches = args.batches or ([1, 2, 4, 8, 16] if real else [1, 2])
+    args.steps = args.steps or (5 if real else 2)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"train step: {args.size} at {args.resolution}², {args.subjects} subjects/sample, bf16 + gradient "
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    print(f"train step: {args.size} at {args.resolution}², {args.subjects} subjects/sample, {precision} + gradient "
           f"checkpointing, AdamW, on {name}")
     for stage in args.stages:
         for _, b, t_step, peak, t_base in run_stage(stage, args, device):
