@@ -56,13 +56,19 @@ def _require_instances(item: Item, step: str) -> None:
 
 
 class CaptionFrames:
+    """Qwen2-VL captions every frame of the items' samples; their ``models.captioner`` says which model wrote them."""
+
     def __init__(self, spec: ModelSpec, params: CaptionParams):
         self.captioner = Captioner(spec, params)
+        self.described = spec.describe()
 
     def __call__(self, items: list[Item]) -> list[Item]:
-        frames = [fr for it in items for fr in _sample(it).frames]
+        samples = [s for it in items for s in it.samples]  # every sample: an image-pair unit may yield several
+        frames = [fr for s in samples for fr in s.frames]
         for fr, caption in zip(frames, self.captioner([fr.image for fr in frames])):
             fr.caption = caption
+        for s in samples:
+            s.models["captioner"] = self.described
         return items
 
 

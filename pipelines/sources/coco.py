@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
-from datagen import coco
+from datagen import coco, labeling
+from datagen.captions import CaptionParams
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit
-from pipelines.stages import Resources, Stage, TaskStage
+from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 
 class Config(Params):
@@ -16,6 +18,9 @@ class Config(Params):
     images: ExistingPath  # folder the annotations' file_name are relative to
     params: coco.CocoParams = coco.CocoParams()
     load: Resources = Resources()
+    captions: Literal["categories", "captioner"] = "categories"  # captioner: Qwen2-VL (registry.captioner)
+    caption: CaptionParams = CaptionParams()
+    caption_resources: Resources = Resources(num_cpus=1, batch_size=8)
 
 
 class CocoSource:
@@ -27,10 +32,14 @@ class CocoSource:
         return coco.list_units(cfg.annotations, cfg.images, cfg.params)
 
     def roles(self, cfg: Config) -> list[str]:
-        return []
+        return ["captioner"] if cfg.captions == "captioner" else []
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
-        return [TaskStage("load", partial(coco.load_sample, p=cfg.params), cfg.load)]
+        stages: list[Stage] = [TaskStage("load", partial(coco.load_sample, p=cfg.params), cfg.load)]
+        if cfg.captions == "captioner":  # re-captions every frame; phrases stay the category names
+            stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
+                                     cfg.caption_resources))
+        return stages
 
 
 SOURCE = CocoSource()

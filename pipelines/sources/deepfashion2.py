@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
-from datagen import deepfashion2
+from datagen import deepfashion2, labeling
+from datagen.captions import CaptionParams
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit
-from pipelines.stages import Resources, Stage, TaskStage
+from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 
 class Config(Params):
     root: ExistingPath  # a DeepFashion2 split: the folder holding image/ and annos/
     params: deepfashion2.DeepFashion2Params = deepfashion2.DeepFashion2Params()
     load: Resources = Resources()
+    captions: Literal["categories", "captioner"] = "categories"  # captioner: Qwen2-VL (registry.captioner)
+    caption: CaptionParams = CaptionParams()
+    caption_resources: Resources = Resources(num_cpus=1, batch_size=8)
 
 
 class DeepFashion2Source:
@@ -26,10 +31,14 @@ class DeepFashion2Source:
         return deepfashion2.list_units(cfg.root)
 
     def roles(self, cfg: Config) -> list[str]:
-        return []
+        return ["captioner"] if cfg.captions == "captioner" else []
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
-        return [TaskStage("load", partial(deepfashion2.load_pairs, p=cfg.params), cfg.load)]
+        stages: list[Stage] = [TaskStage("load", partial(deepfashion2.load_pairs, p=cfg.params), cfg.load)]
+        if cfg.captions == "captioner":  # re-captions every frame; phrases stay the category names
+            stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
+                                     cfg.caption_resources))
+        return stages
 
 
 SOURCE = DeepFashion2Source()

@@ -39,3 +39,21 @@ def test_quarantine_and_drop_counts(out):
     counts = shards.read_manifest(out)["sources"]["deepfashion2"]["counts"]
     assert counts["dropped"] == {"deepfashion2/no_partner": 3, "deepfashion2/style_0": 1}
     assert counts["samples"] == 3
+
+
+def test_captioner_recaptions_every_frame_and_is_recorded(out, tmp_path):
+    """``captions: captioner``: Qwen2-VL (tiny here) writes every frame's caption; phrases stay the categories."""
+    made = inputs.make(str(tmp_path / "inputs"))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"out: {tmp_path / 'ds'}\nmodels: tiny\nray: {{num_cpus: 2}}\n"
+                   f"sources:\n  deepfashion2:\n    root: {made['root']}\n    captions: captioner\n"
+                   "    caption: {max_new_tokens: 6}\n")
+    assert cli_main(["deepfashion2", "--config", str(cfg)]) == 0
+    assert validate(str(tmp_path / "ds")).ok
+    by_names = {s.key: s for s in shards.iter_samples(out)}
+    recaptioned = list(shards.iter_samples(str(tmp_path / "ds")))
+    assert sorted(s.key for s in recaptioned) == sorted(by_names)
+    for s in recaptioned:
+        assert s.models["captioner"]["revision"] == "tiny"
+        assert [f.caption for f in s.frames] != [f.caption for f in by_names[s.key].frames]
+        assert [x.phrase for x in s.subjects] == [x.phrase for x in by_names[s.key].subjects]
