@@ -10,16 +10,15 @@ from datagen.captions import CaptionParams
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit
-from pipelines.stages import ActorStage, Resources, Stage, TaskStage
+from pipelines.stages import ActorStage, LoadResources, Stage, TaskStage
 
 
 class Config(Params):
     root: ExistingPath  # a DeepFashion2 split: the folder holding image/ and annos/
     params: deepfashion2.DeepFashion2Params = deepfashion2.DeepFashion2Params()
-    load: Resources = Resources()
     captions: Literal["categories", "captioner"] = "categories"  # captioner: Qwen2-VL (registry.captioner)
     caption: CaptionParams = CaptionParams()
-    caption_resources: Resources = Resources(num_cpus=1, batch_size=8)
+    resources: LoadResources = LoadResources()
 
 
 class DeepFashion2Source:
@@ -34,10 +33,10 @@ class DeepFashion2Source:
         return ["captioner"] if cfg.captions == "captioner" else []
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
-        stages: list[Stage] = [TaskStage("load", partial(deepfashion2.load_pairs, p=cfg.params), cfg.load)]
+        stages: list[Stage] = [TaskStage("load", partial(deepfashion2.load_pairs, p=cfg.params), cfg.resources.load)]
         if cfg.captions == "captioner":  # re-captions every frame; phrases stay the category names
             stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
-                                     cfg.caption_resources))
+                                     cfg.resources.caption))
         return stages
 
 

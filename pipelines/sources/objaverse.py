@@ -4,7 +4,7 @@
       objaverse:
         folder: data/inputs/objaverse        # or files: [...], or objaverse: {lvis_categories: [mug], limit: 100}
         params: {render: {backend: fast, camera: {resolution: 512}}, min_mask_area: 0.005}
-        render: {num_cpus: 1}                 # one render task per CPU; its child process draws with 1 thread
+        resources: {render: {num_cpus: 1}}   # one render task per CPU; its child process draws with 1 thread
         captioner: none                       # none: metadata captions; registry: Qwen2-VL (registry.captioner)
 
 Stages: ``render`` (Ray tasks: fetch, load, check, render in a child process, filter, build the sample with a
@@ -29,14 +29,18 @@ from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 log = logging.getLogger(__name__)
 
 
+class ObjaverseResources(Params):
+    render: Resources = Resources(num_cpus=1)
+    caption: Resources = Resources(num_cpus=1, batch_size=8)
+
+
 class Config(Params):
     objaverse: objects.ObjaverseQuery | None = None  # objects of the objaverse package
     folder: ExistingPath | None = None  # every .glb/.gltf/.obj/.ply under it
     files: list[ExistingPath] | None = None
     params: objects.ObjaverseParams = objects.ObjaverseParams()
-    render: Resources = Resources(num_cpus=1)
     captioner: Literal["none", "registry"] = "none"
-    caption: Resources = Resources(num_cpus=1, batch_size=8)
+    resources: ObjaverseResources = ObjaverseResources()
 
     @model_validator(mode="after")
     def _one_input(self) -> "Config":
@@ -67,10 +71,10 @@ class ObjaverseSource:
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         check_backend(cfg.params.render)
-        stages: list[Stage] = [TaskStage(objects.STAGE, partial(objects.render_unit, p=cfg.params), cfg.render)]
+        stages: list[Stage] = [TaskStage(objects.STAGE, partial(objects.render_unit, p=cfg.params), cfg.resources.render)]
         if cfg.captioner == "registry":
             factory = partial(objects.ObjectCaptioner, models["captioner"], cfg.params.captions)
-            stages.append(ActorStage("caption", factory, cfg.caption))
+            stages.append(ActorStage("caption", factory, cfg.resources.caption))
         return stages
 
 

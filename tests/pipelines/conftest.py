@@ -9,6 +9,8 @@ def ray_local():
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    if ray.is_initialized():  # left up by a CLI run of another module (the CLI keeps its Ray for the next source)
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
