@@ -17,8 +17,12 @@ class Params(BaseModel):
 
 
 def _exists(path: str) -> str:
-    fs, p = fsspec.core.url_to_fs(os.path.expanduser(path))
-    if not fs.exists(p):
+    try:
+        fs, p = fsspec.core.url_to_fs(os.path.expanduser(path))
+        found = fs.exists(p)
+    except (ImportError, OSError) as e:  # a protocol whose package is missing (s3fs, gcsfs), no access
+        raise ValueError(f"cannot check {path}: {e}") from None
+    if not found:
         raise ValueError(f"path does not exist: {path}")
     return path
 
