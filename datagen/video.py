@@ -228,7 +228,8 @@ def scan(container, stream, p: SamplingParams, url: str = "") -> Scan:
                 part = _detect(container.decode(stream), _cut_detector(p), p, fps, stop=b)
                 result.cuts += part.cuts
                 result.decoded += part.decoded
-                result.end = max(result.end, part.end) if part.end is not None else result.end
+                result.end = max(t for t in (result.end, part.end) if t is not None) if part.end is not None \
+                    else result.end
     except av.error.FFmpegError as e:
         raise BadInput("corrupt_video", f"{url}: decoding failed: {e}") from None
     finally:
