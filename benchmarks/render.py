@@ -4,8 +4,8 @@
    the child render process of each worker, one llvmpipe thread) on the sample meshes.
 2. Ray scaling: the same objects spread over 1 and then 2 Ray actors (each with its own child renderer, like the
    pipeline's render tasks); the ratio of the 2-worker throughput to the 1-worker one (target ≥ 1.6× on 2 cores).
-3. blender backend (Cycles, the default sample count, OpenImageDenoise) seconds/view, when the ``blender`` extra
-   is installed; its ratio to the fast backend's seconds/view in this run.
+3. blender backend (Cycles, the default sample count, OpenImageDenoise) seconds/view, when its interpreter is
+   there (``make setup-blender``); its ratio to the fast backend's seconds/view in this run.
 
 Every worker renders one object first (start-up: GL context, bpy import) before the clock starts.
 

@@ -31,13 +31,6 @@ class Resources(Params):
     concurrency: int = 1  # actor pool size (actor stages only)
 
 
-class LoadResources(Params):
-    """``resources`` of the sources that read exact labels (one load task) with an optional captioner pool."""
-
-    load: Resources = Resources()
-    caption: Resources = Resources(num_cpus=1, batch_size=8)
-
-
 @dataclass
 class TaskStage:
     name: str

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
-from datagen import coco, labeling
-from datagen.captions import CaptionParams
+from datagen import coco
 from datagen.models import ModelSpec
-from datagen.params import ExistingPath, Params
+from datagen.params import ExistingPath
 from datagen.units import Unit
-from pipelines.stages import ActorStage, LoadResources, Stage, TaskStage
+from pipelines.captioning import LoadThenCaption
+from pipelines.stages import Stage
 
 
-class Config(Params):
+class Config(LoadThenCaption):
     annotations: ExistingPath  # instances_*.json
     images: ExistingPath  # folder the annotations' file_name are relative to
     params: coco.CocoParams = coco.CocoParams()
-    captions: Literal["categories", "captioner"] = "categories"  # captioner: Qwen2-VL (registry.captioner)
-    caption: CaptionParams = CaptionParams()
-    resources: LoadResources = LoadResources()
 
 
 class CocoSource:
@@ -31,14 +27,10 @@ class CocoSource:
         return coco.list_units(cfg.annotations, cfg.images, cfg.params)
 
     def roles(self, cfg: Config) -> list[str]:
-        return ["captioner"] if cfg.captions == "captioner" else []
+        return cfg.caption_roles()
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
-        stages: list[Stage] = [TaskStage("load", partial(coco.load_sample, p=cfg.params), cfg.resources.load)]
-        if cfg.captions == "captioner":  # re-captions every frame; phrases stay the category names
-            stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
-                                     cfg.resources.caption))
-        return stages
+        return cfg.load_then_caption(partial(coco.load_sample, p=cfg.params), models)
 
 
 SOURCE = CocoSource()

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
-from datagen import deepfashion2, labeling
-from datagen.captions import CaptionParams
+from datagen import deepfashion2
 from datagen.models import ModelSpec
-from datagen.params import ExistingPath, Params
+from datagen.params import ExistingPath
 from datagen.units import Unit
-from pipelines.stages import ActorStage, LoadResources, Stage, TaskStage
+from pipelines.captioning import LoadThenCaption
+from pipelines.stages import Stage
 
 
-class Config(Params):
+class Config(LoadThenCaption):
     root: ExistingPath  # a DeepFashion2 split: the folder holding image/ and annos/
     params: deepfashion2.DeepFashion2Params = deepfashion2.DeepFashion2Params()
-    captions: Literal["categories", "captioner"] = "categories"  # captioner: Qwen2-VL (registry.captioner)
-    caption: CaptionParams = CaptionParams()
-    resources: LoadResources = LoadResources()
 
 
 class DeepFashion2Source:
@@ -30,14 +26,10 @@ class DeepFashion2Source:
         return deepfashion2.list_units(cfg.root)
 
     def roles(self, cfg: Config) -> list[str]:
-        return ["captioner"] if cfg.captions == "captioner" else []
+        return cfg.caption_roles()
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
-        stages: list[Stage] = [TaskStage("load", partial(deepfashion2.load_pairs, p=cfg.params), cfg.resources.load)]
-        if cfg.captions == "captioner":  # re-captions every frame; phrases stay the category names
-            stages.append(ActorStage("caption", partial(labeling.CaptionFrames, models["captioner"], cfg.caption),
-                                     cfg.resources.caption))
-        return stages
+        return cfg.load_then_caption(partial(deepfashion2.load_pairs, p=cfg.params), models)
 
 
 SOURCE = DeepFashion2Source()
