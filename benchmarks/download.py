@@ -2,7 +2,7 @@
 
 - baseline: ``concurrent.futures.ThreadPoolExecutor`` + ``urllib.request.urlopen(url, timeout).read()``, then
   a PIL decode (the least any image pipeline does);
-- ours: ``datagen.download`` (``Fetcher`` + ``fetch_image``: header checks, chunked read under a deadline,
+- ours: ``datagen.readers.download`` (``Fetcher`` + ``fetch_image``: header checks, chunked read under a deadline,
   retries, decode, size rule) on a pool of the same size.
 
 Two lists: all good images, then the same with a share of URLs whose server drips the body (a byte chunk every
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datagen.download import DownloadParams, Fetcher, fetch_image  # noqa: E402
+from datagen.readers.download import DownloadParams, Fetcher, fetch_image  # noqa: E402
 from datagen.units import BadInput, Rejected  # noqa: E402
 from tests.image_server import ImageServer  # noqa: E402
 

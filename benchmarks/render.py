@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datagen.objaverse import mesh_files  # noqa: E402
+from datagen.readers.objaverse import mesh_files  # noqa: E402
 from datagen.render import RenderParams, check_backend, render  # noqa: E402
 from datagen.render.rig import N_VIEWS  # noqa: E402
 from datagen.samples import objaverse as sample_meshes  # noqa: E402

@@ -1,6 +1,6 @@
 """Video source throughput against baselines measured in the same run.
 
-1. decode + sample: ``datagen.video.sample_clip`` (scan pass for cuts, seeks for the candidates, blur and
+1. decode + sample: ``datagen.readers.video.sample_clip`` (scan pass for cuts, seeks for the candidates, blur and
    near-duplicate checks) in clips/s, against a plain sequential decode of the same frames: every frame decoded
    and converted to RGB up to the last sampled one, as a frame-reading loop does (and, stricter, converting
    only the sampled ones). Also PySceneDetect's own ``detect()`` on each file against our scan pass.
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datagen import tiny, video  # noqa: E402
+from datagen import tiny
+from datagen.readers import video  # noqa: E402
 from datagen.units import Rejected  # noqa: E402
 from datagen.samples.video import PAN_CUT, ZOOM, Shot, Thing, write_clip  # noqa: E402
 
@@ -192,11 +193,11 @@ def tiny_models(root: str) -> dict[str, str]:
 
 
 def bench_stages(args) -> None:
-    from datagen.captions import CaptionParams, Captioner
-    from datagen.detection import DetectionParams, Detector
-    from datagen.matching import Embedder, masked_crop
+    from datagen.labeling.captions import CaptionParams, Captioner
+    from datagen.labeling.detection import DetectionParams, Detector
+    from datagen.labeling.matching import Embedder, masked_crop
     from datagen.models import ModelSpec
-    from datagen.segmentation import Segmenter
+    from datagen.labeling.segmentation import Segmenter
 
     cuda = torch.cuda.is_available()
     dtype = "bfloat16" if cuda else "float32"

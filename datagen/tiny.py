@@ -133,7 +133,7 @@ def grounding_dino_official():
     from groundingdino.util.slconfig import SLConfig
     from transformers import BertModel
 
-    from datagen.detection import official_bert_compat
+    from datagen.labeling.grounding_dino_compat import official_bert_compat
 
     args = SLConfig.fromfile(os.path.join(os.path.dirname(groundingdino.__file__), "config",
                                           "GroundingDINO_SwinT_OGC.py"))

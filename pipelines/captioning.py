@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Literal
 
-from datagen import labeling
-from datagen.captions import CaptionParams
+from datagen.labeling import chain as labeling
+from datagen.labeling.captions import CaptionParams
 from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.units import Item

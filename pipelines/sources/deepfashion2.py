@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from datagen import deepfashion2
+from datagen.readers import deepfashion2
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath
 from datagen.units import Unit

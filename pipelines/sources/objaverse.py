@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from datagen import objaverse as objects  # `objaverse` is also a config key below
+from datagen.readers import objaverse as objects  # `objaverse` is also a config key below
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.render import check_backend

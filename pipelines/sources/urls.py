@@ -20,9 +20,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-from datagen import labeling, urls
-from datagen.captions import CaptionParams
-from datagen.download import DownloadParams
+from datagen.labeling import chain as labeling
+from datagen.readers import urls
+from datagen.labeling.captions import CaptionParams
+from datagen.readers.download import DownloadParams
 from datagen.models import ModelSpec, describe
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit

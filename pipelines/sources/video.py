@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from datagen import labeling, video
-from datagen.labeling import LabelingParams
-from datagen.video import VIDEO_EXTENSIONS, SamplingParams
+from datagen.labeling import chain as labeling
+from datagen.readers import video
+from datagen.labeling.chain import LabelingParams
+from datagen.readers.video import VIDEO_EXTENSIONS, SamplingParams
 from datagen.models import ModelSpec, describe
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit

@@ -9,8 +9,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from datagen import coco, router_data
-from datagen.filters import FilterParams
+from datagen.readers import coco
+from datagen.labeling import router_data
+from datagen.labeling.filters import FilterParams
 from datagen.units import BadInput, Item, Rejected
 
 W, H = 640, 520

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from datagen import deepfashion2 as df2
-from datagen.coco import segmentation_mask
-from datagen.filters import FilterParams
+from datagen.readers import deepfashion2 as df2
+from datagen.readers.coco import segmentation_mask
+from datagen.labeling.filters import FilterParams
 from datagen.samples import deepfashion2 as inputs
 from datagen.units import BadInput, Item, Rejected
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datagen.download import DownloadParams, Fetcher, fetch_image, resize
+from datagen.readers.download import DownloadParams, Fetcher, fetch_image, resize
 from datagen.units import BadInput, Rejected
 from tests.image_server import ImageServer
 

@@ -1,6 +1,6 @@
 """Caption → subject phrases (spaCy noun chunks)."""
 
-from datagen.entities import EntityParams, phrases
+from datagen.labeling.entities import EntityParams, phrases
 
 
 def test_noun_phrases_without_determiners_numbers_or_scene_words():

@@ -4,8 +4,8 @@ is kept, the next one past it is dropped and counted under its reason."""
 import numpy as np
 import pytest
 
-from datagen import filters
-from datagen.filters import FilterParams, Instance
+from datagen.labeling import filters
+from datagen.labeling.filters import FilterParams, Instance
 from datagen.units import Rejected
 
 P = FilterParams()

@@ -6,11 +6,12 @@ from functools import partial
 import numpy as np
 import pytest
 
-from datagen import labeling, video
-from datagen.detection import DetectionParams
-from datagen.filters import FilterParams, Instance
-from datagen.labeling import LabelingParams
-from datagen.matching import MatchParams
+from datagen.labeling import chain as labeling
+from datagen.readers import video
+from datagen.labeling.detection import DetectionParams
+from datagen.labeling.filters import FilterParams, Instance
+from datagen.labeling.chain import LabelingParams
+from datagen.labeling.matching import MatchParams
 from datagen.models import ModelSpec
 from datagen.samples.video import PAN_CUT, write_clip
 from datagen.shards import Frame, Sample, decode_sample, encode_sample, sample_meta

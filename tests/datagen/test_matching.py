@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from datagen.matching import NEUTRAL, masked_crop, match
+from datagen.labeling.matching import NEUTRAL, masked_crop, match
 
 
 def unit(v):

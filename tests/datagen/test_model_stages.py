@@ -4,11 +4,11 @@ detector's post-processing on fixed outputs."""
 import numpy as np
 import pytest
 
-from datagen.captions import CaptionParams, Captioner
-from datagen.detection import DetectionParams, Detector, prompt, to_instances, token_spans
-from datagen.matching import Embedder
+from datagen.labeling.captions import CaptionParams, Captioner
+from datagen.labeling.detection import DetectionParams, Detector, prompt, to_instances, token_spans
+from datagen.labeling.matching import Embedder
 from datagen.models import ModelSpec
-from datagen.segmentation import Segmenter
+from datagen.labeling.segmentation import Segmenter
 from datagen.tiny import bert_tokenizer
 
 

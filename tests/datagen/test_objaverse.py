@@ -7,10 +7,10 @@ import numpy as np
 import objaverse as objaverse_pkg
 import pytest
 
-from datagen import captions as captioning
-from datagen import objaverse
+from datagen.labeling import captions as captioning
+from datagen.readers import objaverse
 from datagen.models import ModelSpec
-from datagen.objaverse import CaptionParams, ObjaverseQuery, ObjectCaptioner
+from datagen.readers.objaverse import CaptionParams, ObjaverseQuery, ObjectCaptioner
 from datagen.shards import Frame, Sample, Subject
 from datagen.units import BadInput, Item, Unit
 

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datagen import urls
-from datagen.download import DownloadParams
-from datagen.filters import Instance
+from datagen.readers import urls
+from datagen.readers.download import DownloadParams
+from datagen.labeling.filters import Instance
 from datagen.units import Item, Rejected
 from tests.datagen.test_download import encoded
 from tests.image_server import ImageServer

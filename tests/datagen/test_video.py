@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datagen import video
-from datagen.filters import FilterParams
+from datagen.readers import video
+from datagen.labeling.filters import FilterParams
 from datagen.samples.video import PAN_CUT, STILL, ZOOM, Shot, Thing, write_broken, write_clip
 from datagen.units import BadInput, Item, Rejected, Unit
-from datagen.video import SamplingParams
+from datagen.readers.video import SamplingParams
 
 SIZE = (320, 240)
 FP = FilterParams(min_image_side=200)

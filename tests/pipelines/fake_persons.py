@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from datagen.filters import Instance
+from datagen.labeling.filters import Instance
 from datagen.models import ModelSpec
 from pipelines.sources.urls import UrlsSource
 

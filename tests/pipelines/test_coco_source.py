@@ -4,7 +4,8 @@ to the annotation polygons, every other image quarantined with its reason, and a
 import numpy as np
 import pytest
 
-from datagen import coco, shards
+from datagen import shards
+from datagen.readers import coco
 from datagen.samples import coco as coco_inputs
 from datagen.shards.validate import validate
 from pipelines.cli import main as cli_main

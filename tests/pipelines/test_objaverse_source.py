@@ -11,7 +11,8 @@ import pytest
 import trimesh
 import yaml
 
-from datagen import objaverse, shards
+from datagen import shards
+from datagen.readers import objaverse
 from datagen.render import render
 from datagen.samples import objaverse as sample_meshes
 from pipelines.cli import main as cli_main

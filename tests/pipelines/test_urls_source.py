@@ -9,7 +9,7 @@ import time
 import pytest
 
 from datagen import shards
-from datagen.download import DownloadParams
+from datagen.readers.download import DownloadParams
 from datagen.samples import urls as url_inputs
 from datagen.shards.validate import validate
 from pipelines import ledger

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from datagen import filters
-from datagen.filters import FilterParams, Instance
+from datagen.labeling import filters
+from datagen.labeling.filters import FilterParams, Instance
 from datagen.params import Params
 from datagen.shards import Frame, Sample, Subject
 from datagen.units import Item, Rejected

@@ -1,6 +1,6 @@
 """URL lists (img2dataset / LAION style: ``url, caption`` in parquet, CSV/TSV or JSONL) → router samples.
 
-One unit per row. ``Download`` fetches a batch of rows at once on a thread pool (``datagen.download``); then the
+One unit per row. ``Download`` fetches a batch of rows at once on a thread pool (``datagen.readers.download``); then the
 labeling chain shared with the video source finds people (``labeling.DetectSubjects`` for the ``phrases``,
 Grounding DINO; ``labeling.SegmentSubjects``, SAM from the boxes), and ``router_data`` keeps images with 2–N
 people after the B.1 filters: ``select_boxes`` before SAM (masks only for images that can survive), ``persons``
@@ -16,11 +16,11 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
-from datagen import router_data
-from datagen.detection import DetectionParams
-from datagen.download import DownloadParams, Fetcher, fetch_image
-from datagen.router_data import RouterRules
-from datagen.segmentation import SegmentationParams
+from datagen.labeling import router_data
+from datagen.labeling.detection import DetectionParams
+from datagen.readers.download import DownloadParams, Fetcher, fetch_image
+from datagen.labeling.router_data import RouterRules
+from datagen.labeling.segmentation import SegmentationParams
 from datagen.shards import Frame, Sample, stable_key
 from datagen.units import BadInput, Item, Outcome, Rejected, Unit
 

@@ -2,7 +2,7 @@
 
 Any COCO-style ``instances_*.json`` (+ its images folder) works. One unit per image that has annotations of
 the chosen categories; masks are rasterised from the annotation polygons/RLE by pycocotools (exact, no
-model); then the router rules of ``datagen.router_data`` apply (B.1 filters, 2–N subjects per image).
+model); then the router rules of ``datagen.labeling.router_data`` apply (B.1 filters, 2–N subjects per image).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import fsspec
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from datagen import filters, images, router_data
-from datagen.filters import Instance
-from datagen.router_data import RouterRules
+from datagen import images
+from datagen.labeling import filters
+from datagen.labeling import router_data
+from datagen.labeling.filters import Instance
+from datagen.labeling.router_data import RouterRules
 from datagen.shards import stable_key
 from datagen.units import BadInput, Item, Rejected, Unit
 

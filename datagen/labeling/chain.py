@@ -15,15 +15,17 @@ from typing import Literal
 
 import numpy as np
 
-from datagen import entities, filters, matching
-from datagen.captions import CaptionParams, Captioner
-from datagen.detection import DetectionParams, Detector
-from datagen.entities import EntityParams
-from datagen.filters import FilterParams, Instance
-from datagen.matching import Embedder, MatchParams
+from datagen.labeling import entities
+from datagen.labeling import filters
+from datagen.labeling import matching
+from datagen.labeling.captions import CaptionParams, Captioner
+from datagen.labeling.detection import DetectionParams, Detector
+from datagen.labeling.entities import EntityParams
+from datagen.labeling.filters import FilterParams, Instance
+from datagen.labeling.matching import Embedder, MatchParams
 from datagen.models import ModelSpec
 from datagen.params import Params
-from datagen.segmentation import SegmentationParams, Segmenter
+from datagen.labeling.segmentation import SegmentationParams, Segmenter
 from datagen.shards import Sample, Subject
 from datagen.units import Item, Rejected
 

@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
 
-from datagen import filters
-from datagen.filters import FilterParams
+from datagen.labeling import filters
+from datagen.labeling.filters import FilterParams
 from datagen.params import Params
 from datagen.shards import Frame, Sample, stable_key
 from datagen.units import BadInput, Item, Rejected, Unit

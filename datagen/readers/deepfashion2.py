@@ -22,9 +22,10 @@ from collections import Counter, defaultdict
 import fsspec
 import numpy as np
 
-from datagen import filters, images
-from datagen.coco import segmentation_mask
-from datagen.filters import FilterParams, Instance
+from datagen import images
+from datagen.labeling import filters
+from datagen.readers.coco import segmentation_mask
+from datagen.labeling.filters import FilterParams, Instance
 from datagen.params import Params
 from datagen.shards import Frame, Sample, Subject, join, stable_key
 from datagen.units import BadInput, Item, Rejected, Unit

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import Field
 
-from datagen import captions as captioning
-from datagen import entities
+from datagen.labeling import captions as captioning
+from datagen.labeling import entities
 from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.render import RenderParams
