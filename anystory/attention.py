@@ -144,13 +144,13 @@ class RoutingState:
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(…, L, H·D) → (…, H, L, D)."""
-    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+    """(B, L, H·D) → (B, H, L, D)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def _merge(x: torch.Tensor) -> torch.Tensor:
-    """(…, H, L, D) → (…, L, H·D)."""
-    return x.transpose(-3, -2).flatten(-2)
+    """(B, H, L, D) → (B, L, H·D)."""
+    return x.transpose(1, 2).flatten(-2)
 
 
 def _clone_linear(linear: nn.Linear) -> nn.Linear:
@@ -162,8 +162,13 @@ def _clone_linear(linear: nn.Linear) -> nn.Linear:
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None = None):
+    """Multi-head attention of (B, L, H·D) tokens, or of (B, N, L, H·D) per-subject tokens (Eq. 5): the subject axis
+    is folded into the batch, because PyTorch's fused kernels (flash, memory-efficient) take 4-D tensors only and
+    5-D ones fall back to the math path."""
+    lead = q.shape[:-2]
+    q, k, v = (x.flatten(0, len(lead) - 1) for x in (q, k, v))
     out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), attn_mask=bias)
-    return _merge(out).to(q.dtype)
+    return _merge(out).unflatten(0, lead).to(q.dtype)
 
 
 class ReferenceAttnProcessor(nn.Module):

@@ -44,14 +44,18 @@ class RouterLayer(nn.Module):
         logits = q @ k.transpose(1, 2) * q.shape[-1] ** -0.5
         return logits.masked_fill(~valid[..., None], float("-inf"))
 
-    def forward(self, routing: torch.Tensor, latents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def refine(self, routing: torch.Tensor, latents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Routing features after the masked cross-attention: R_i attends to Z^l only where the coarse map
+        assigns it, (B, N+1, routing_dim)."""
         coarse = self.logits(routing, latents, valid)
         assigned = assignment(coarse, stochastic=False).bool()
         # Mask2Former: a query that the coarse map assigns nowhere attends everywhere (no all −∞ row).
         assigned |= ~assigned.any(-1, keepdim=True)
         bias = torch.zeros_like(coarse).masked_fill(~assigned, float("-inf"))
-        routing = routing + self.masked_attn(self.norm(routing), latents, attention_mask=bias)
-        return self.logits(routing, latents, valid)
+        return routing + self.masked_attn(self.norm(routing), latents, attention_mask=bias)
+
+    def forward(self, routing: torch.Tensor, latents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.refine(routing, latents, valid), latents, valid)
 
 
 class SubjectRouter(ModelMixin, ConfigMixin):
