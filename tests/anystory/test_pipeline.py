@@ -139,3 +139,51 @@ def test_edm_sampler_runs_on_edm_noise_levels():
     pipe = AnyStoryPipeline.build("tiny", sampler="edm")
     out = _run(pipe, [_subject(0), _subject(1)])
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all() and len(out.routing_maps) == STEPS
+
+
+def test_unconditional_half_comes_first_with_the_background_embedding(pipe):
+    """CFG: diffusers puts the unconditional (here zeroed negative prompt) half first and takes
+    ``uncond + s · (cond − uncond)``; the subject conditions must line up, the background embedding E_{N+1} in the
+    first half, the subjects' embeddings in the second, the same reference features in both."""
+    seen = []
+
+    def record(module, args, kwargs):
+        state = kwargs["cross_attention_kwargs"]["anystory"]
+        seen.append((kwargs["encoder_hidden_states"].clone(), state.conditions))
+
+    hook = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _run(pipe, [_subject(0), _subject(1)], guidance_scale=7.5)
+    finally:
+        hook.remove()
+    assert seen
+    for text, cond in seen:
+        assert text.shape[0] == 2 and (text[0] == 0).all() and (text[1] != 0).any()
+        e = cond.embeddings  # (2, N+1, m, C)
+        assert torch.equal(e[0], e[0, -1:].expand_as(e[0]))  # every slot of the unconditional half: background
+        assert torch.equal(e[1, -1], e[0, -1])
+        assert all((e[1, i] - e[1, -1]).abs().max() > 1e-4 for i in range(2))  # the subjects, not the background
+        g = next(r for r in cond.reference if r is not None)
+        assert torch.equal(g[0], g[1])
+
+
+def test_subjects_are_encoded_once_per_generation(pipe):
+    calls = {name: 0 for name in ("image_encoder", "subject_qformer", "reference_net", "unet")}
+    calls["routing_qformer"] = 0
+    modules = {**{name: getattr(pipe, name) for name in calls if name != "routing_qformer"},
+               "routing_qformer": pipe.router.routing_qformer}
+
+    def counter(name):
+        def hook(module, args):
+            calls[name] += 1
+        return hook
+
+    hooks = [m.register_forward_pre_hook(counter(name)) for name, m in modules.items()]
+    try:
+        _run(pipe, [_subject(0), _subject(1)], num_images_per_prompt=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    evaluations = len(pipe.scheduler.timesteps)
+    assert evaluations >= STEPS and calls.pop("unet") == evaluations
+    assert calls == {"image_encoder": 1, "subject_qformer": 1, "reference_net": 1, "routing_qformer": 1}
