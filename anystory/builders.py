@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     CLIPTextConfig,
@@ -102,12 +109,18 @@ def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfold
     return place(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
 
 
-SAMPLERS = ("euler", "edm")
+SAMPLERS = ("edm", "edm-heun", "edm-euler", "euler")
 
 
-def build_scheduler(pretrained: str | None = None, sampler: str = "euler") -> EulerDiscreteScheduler:
-    """SDXL's Euler scheduler; ``sampler="edm"``: the same on EDM's noise levels (Karras et al. 2022, ρ = 7), the
-    paper's sampling (25 EDM steps, CFG 7.5) for SDXL's ε-prediction UNet."""
+def build_scheduler(pretrained: str | None = None, sampler: str = "euler") -> SchedulerMixin:
+    """SDXL's noise schedule (``scheduler.json`` or ``pretrained``'s) with one of ``SAMPLERS``:
+
+    - "edm": DPM-Solver++(2M), second order, on EDM's noise levels (Karras et al. 2022, Eq. 5, ρ = 7, from the UNet's
+      σ(t=999) down to σ(t=0)): the algorithm and levels of diffusers' ``EDMDPMSolverMultistepScheduler``, which
+      itself cannot drive SDXL (it feeds the UNet ¼·ln σ as the timestep and assumes EDM's σ_data preconditioning; a
+      test checks both give the same trajectory). The paper's sampling (25 EDM steps, CFG 7.5) uses it;
+    - "edm-heun": EDM's deterministic Algorithm 1 (Heun) on the same levels, two UNet calls a step but the last;
+    - "edm-euler": first-order Euler on the same levels; "euler": SDXL's own Euler scheduler."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r}: one of {SAMPLERS}")
     if pretrained is not None:
@@ -115,9 +128,14 @@ def build_scheduler(pretrained: str | None = None, sampler: str = "euler") -> Eu
                                _sdxl_fetch("'scheduler/*'"))
     else:
         scheduler = EulerDiscreteScheduler.from_config(load_config("sdxl", "scheduler"))
+    if sampler == "euler":
+        return scheduler
+    edm = dict(use_karras_sigmas=True, timestep_spacing="linspace")  # "linspace": from t = 999 to t = 0
     if sampler == "edm":
-        scheduler = EulerDiscreteScheduler.from_config(scheduler.config, use_karras_sigmas=True)
-    return scheduler
+        return DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       final_sigmas_type="zero", **edm)
+    cls = HeunDiscreteScheduler if sampler == "edm-heun" else EulerDiscreteScheduler
+    return cls.from_config(scheduler.config, **edm)
 
 
 @cache

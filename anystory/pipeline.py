@@ -3,7 +3,7 @@
     pipe = AnyStoryPipeline.build("sdxl", pretrained=SDXL_DIR, clip_pretrained=CLIP_DIR, adapters=ADAPTER_DIR,
                                   dtype=torch.float16, device="cuda")
     out = pipe("two friends on a beach", subjects=[img_a, img_b], subject_masks=[mask_a, mask_b])
-    out.images, out.routing_maps  # routing maps: per step, per cross-attention layer, (B, N+1, h, w)
+    out.images, out.routing_maps  # routing maps: per UNet call, per cross-attention layer, (B, N+1, h, w)
 
 It is ``StableDiffusionXLPipeline`` with the AnyStory processors on its UNet: subjects are encoded once (CLIP →
 subject QFormer and routing QFormer; VAE → ReferenceNet), the conditions are cached for every step and reach the
@@ -35,7 +35,8 @@ from anystory.router import downsample_masks
 @dataclass
 class AnyStoryPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray
-    routing_maps: list[list[torch.Tensor]]  # [step][layer] (B, N+1, h, w), float16 on CPU; [] when bypassed
+    # [UNet call][layer] (B, N+1, h, w), float16 on CPU (one call a step; "edm-heun": two but the last); [] bypassed
+    routing_maps: list[list[torch.Tensor]]
 
 
 def segment_subject(image, mask=None, margin: float = 0.1, fill: int = 255) -> tuple[PIL.Image.Image, np.ndarray]:
@@ -77,10 +78,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     @classmethod
     def build(cls, size: str = "sdxl", pretrained: str | None = None, clip_pretrained: str | None = None,
               adapters: str | None = None, ip_adapter: str | None = None, device=None, dtype=None,
-              sampler: str = "euler") -> AnyStoryPipeline:
+              sampler: str = "edm") -> AnyStoryPipeline:
         """Every component from ``anystory.builders`` (``size="tiny"``: all random and offline), then the trained
-        adapters from ``adapters`` (a ``save_adapters`` directory) when given. ``sampler``: "euler" (SDXL's
-        default) or "edm" (Euler on EDM's noise levels, as the paper samples)."""
+        adapters from ``adapters`` (a ``save_adapters`` directory) when given. ``sampler``: one of
+        ``builders.SAMPLERS``; "edm" (the default, as the paper samples) is the second-order DPM-Solver++(2M) on
+        EDM's noise levels, "edm-heun" EDM's Heun sampler, "edm-euler" Euler on those levels, "euler" SDXL's own."""
         model = AnyStoryModel.build(size, pretrained, clip_pretrained, ip_adapter, device=device, dtype=dtype)
         if adapters is not None:
             model.load_adapters(adapters)
@@ -120,14 +122,16 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, subjects: list | None = None,
                  subject_masks: list | None = None, *, eta: float = 1.0, gamma: float = 0.0,
-                 num_images_per_prompt: int = 1, guidance_scale: float = 5.0, height: int | None = None,
-                 width: int | None = None, return_routing_maps: bool = True, **kwargs) -> AnyStoryPipelineOutput:
+                 num_images_per_prompt: int = 1, num_inference_steps: int = 25, guidance_scale: float = 7.5,
+                 height: int | None = None, width: int | None = None, return_routing_maps: bool = True,
+                 **kwargs) -> AnyStoryPipelineOutput:
         """``subjects``: images (PIL or HxWx3 uint8 arrays), each with an optional mask in ``subject_masks`` (PIL or
         array; None = the whole image); ``eta`` (Eq. 5) and ``gamma`` (Eq. 6: −inf = no reference attention, 0 =
-        trained strength). Other keywords go to ``StableDiffusionXLPipeline.__call__`` (not
-        ``cross_attention_kwargs`` / ``callback_on_step_end``, which AnyStory uses)."""
-        common = dict(num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale, height=height,
-                      width=width, **kwargs)
+        trained strength). Defaults are the paper's: 25 steps, CFG 7.5 (with ``build``'s "edm" sampler). Other
+        keywords go to ``StableDiffusionXLPipeline.__call__`` (not ``cross_attention_kwargs`` /
+        ``callback_on_step_end``, which AnyStory uses)."""
+        common = dict(num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+                      guidance_scale=guidance_scale, height=height, width=width, **kwargs)
         if subjects is None:  # the bypass: plain SDXL
             out = super().__call__(prompt, **common)
             return AnyStoryPipelineOutput(images=out.images, routing_maps=[])

@@ -1,6 +1,7 @@
 """AnyStoryPipeline end to end on tiny components (offline, CPU), and the routing-map helpers."""
 
 import copy
+import inspect
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_no_subjects_bypasses_the_adapters_by_default(pipe):
     base_unet.set_attn_processor(AttnProcessor2_0())  # SDXL's own processors, no AnyStory code involved
     plain = StableDiffusionXLPipeline(pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer,
                                       pipe.tokenizer_2, base_unet, pipe.scheduler, add_watermarker=False)
-    want = plain("a photo", num_inference_steps=STEPS, output_type="np",
+    want = plain("a photo", num_inference_steps=STEPS, guidance_scale=7.5, output_type="np",  # AnyStory's default
                  generator=torch.Generator().manual_seed(0)).images
     bypass = _run(pipe, None)
     assert bypass.routing_maps == [] and np.abs(bypass.images - want).max() < 1e-5
@@ -122,24 +123,91 @@ def test_segmentation_masks_from_hand_made_maps():
     assert masks[0, 1, 0, 3] and not masks[0, 1, 3, 3] and not masks[0].any(0)[3, 3]
 
 
-def test_edm_sampler_runs_on_edm_noise_levels():
+def _sdxl_sigmas() -> torch.Tensor:
+    """σ(t) = √((1 − ᾱ_t) / ᾱ_t) of SDXL's training schedule (scaled-linear β from 0.00085 to 0.012, 1000 steps)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    return ((1 - alphas) / alphas).sqrt()
+
+
+def _karras(n: int, hi: float, lo: float, rho: float = 7.0) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho  # Karras et al. 2022, Eq. 5
+
+
+@pytest.mark.parametrize("sampler", ["edm", "edm-heun", "edm-euler"])
+def test_edm_samplers_run_on_edm_noise_levels_over_the_whole_range(sampler):
     from anystory.builders import build_scheduler
 
-    edm, euler = build_scheduler(sampler="edm"), build_scheduler()
-    edm.set_timesteps(25)
-    euler.set_timesteps(25)
-    sigmas = edm.sigmas[:-1].double()  # the last is 0
-    rho, hi, lo = 7.0, sigmas[0], sigmas[-1]
-    ramp = torch.linspace(0, 1, 25, dtype=torch.float64)
-    karras = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho  # Karras et al. 2022, Eq. 5
-    torch.testing.assert_close(sigmas, karras, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(euler.sigmas[:-1].double(), karras, rtol=1e-2)  # the default is another schedule
+    scheduler = build_scheduler(sampler=sampler)
+    scheduler.set_timesteps(25)
+    levels = scheduler.sigmas.double().unique_consecutive()  # Heun repeats each inner level for its second stage
+    sdxl = _sdxl_sigmas()
+    assert levels[-1] == 0 and len(levels) == 26
+    torch.testing.assert_close(levels[:-1], _karras(25, sdxl[-1].item(), sdxl[0].item()), rtol=1e-4, atol=1e-5)
+    calls = {"edm": 25, "edm-heun": 49, "edm-euler": 25}[sampler]
+    assert len(scheduler.timesteps) == calls and scheduler.order == (2 if sampler == "edm-heun" else 1)
+    if sampler == "edm":
+        assert (scheduler.config.solver_order, scheduler.config.algorithm_type) == (2, "dpmsolver++")
+
+
+def test_edm_default_sampler_follows_diffusers_edm_second_order_scheduler():
+    """On an exact denoiser (Gaussian data, D(x; σ) = x s² / (s² + σ²)) the "edm" sampler, stepping SDXL's VP
+    latents with ε outputs, follows diffusers' EDMDPMSolverMultistepScheduler (EDM's own parameterisation, x = x₀ + σn)
+    on the same levels; the first-order samplers do not."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    from anystory.builders import build_scheduler
+
+    sdxl, s2 = _sdxl_sigmas(), 0.5 ** 2
+    ref = EDMDPMSolverMultistepScheduler(sigma_min=sdxl[0].item(), sigma_max=sdxl[-1].item(), solver_order=2,
+                                         algorithm_type="dpmsolver++", final_sigmas_type="zero")
+    ref.set_timesteps(12)
+    x = ref.sigmas[0].double() * torch.randn(4, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def denoise(x, sigma):
+        return x * s2 / (s2 + sigma ** 2)
+
+    ve = x.clone()
+    for i, t in enumerate(ref.timesteps):
+        sigma, sd = ref.sigmas[i].double(), ref.config.sigma_data
+        c_skip, c_out = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5
+        ve = ref.step((denoise(ve, sigma) - c_skip * ve) / c_out, t, ve).prev_sample  # F with D = c_skip x + c_out F
+
+    def vp_run(sampler):
+        scheduler = build_scheduler(sampler=sampler)
+        scheduler.set_timesteps(12)
+        vp = x / (1 + scheduler.sigmas[0].double() ** 2) ** 0.5  # the same start in VP scaling
+        for i, t in enumerate(scheduler.timesteps):
+            sigma = scheduler.sigmas[scheduler.step_index or 0].double()
+            alpha = 1 / (1 + sigma ** 2) ** 0.5
+            inp = scheduler.scale_model_input(vp, t) if sampler != "edm" else vp
+            eps = (inp / alpha - denoise(inp / alpha, sigma)) / sigma  # ε of the VE sample x = inp / α
+            vp = scheduler.step(eps, t, vp).prev_sample
+        return vp
+
+    torch.testing.assert_close(vp_run("edm"), ve, rtol=1e-5, atol=1e-6)
+    assert (vp_run("edm-euler") - ve).abs().max() > 1e-3
+
+
+def test_paper_sampling_is_the_default_and_others_are_selectable():
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    from anystory.builders import build_scheduler
+
     with pytest.raises(ValueError, match="one of"):
         build_scheduler(sampler="ddim")
-    pipe = AnyStoryPipeline.build("tiny", sampler="edm")
-    out = _run(pipe, [_subject(0), _subject(1)])
-    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all() and len(out.routing_maps) == STEPS
-
+    params = inspect.signature(AnyStoryPipeline.__call__).parameters
+    assert (params["num_inference_steps"].default, params["guidance_scale"].default) == (25, 7.5)
+    torch.manual_seed(0)
+    default = AnyStoryPipeline.build("tiny")
+    assert isinstance(default.scheduler, DPMSolverMultistepScheduler) and default.scheduler.config.use_karras_sigmas
+    torch.manual_seed(0)
+    euler = AnyStoryPipeline.build("tiny", sampler="euler")
+    assert type(euler.scheduler) is EulerDiscreteScheduler and not euler.scheduler.config.use_karras_sigmas
+    for pipe in (default, euler):
+        out = _run(pipe, [_subject(0), _subject(1)])
+        assert np.isfinite(out.images).all() and len(out.routing_maps) == STEPS
 
 def test_unconditional_half_comes_first_with_the_background_embedding(pipe):
     """CFG: diffusers puts the unconditional (here zeroed negative prompt) half first and takes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datagen import shards
 from tests.training.conftest import BACKGROUND, COLOURS, colour_sample, subject_box
@@ -61,24 +62,54 @@ def test_condition_drop_rate(rate):
     assert abs(np.mean(drops) - rate) < 0.032
 
 
-def test_reference_augmentation_stays_in_its_ranges():
+SUBJECT = (30, 120, 200)
+
+
+def _augmented(rng, **ranges):
+    """Outputs of ``augment_reference`` on a 60×24 subject that fills its whole image (so every output pixel of the
+    mask is the subject's), with only the given augmentations on; (image, mask) arrays."""
+    params = AugmentParams(**{"rotation": 0, "crop_min": 1, "pad_max": 0, **ranges})
+    image, mask = Image.new("RGB", (60, 24), SUBJECT), Image.new("L", (60, 24), 255)
+    canvas, canvas_mask, _ = augment.augment_reference(image, mask, params, rng)
+    return np.asarray(canvas), np.asarray(canvas_mask) > 127
+
+
+def _extent(m: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(m)
+    return xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+
+
+def test_reference_augmentation_ranges_measured_on_the_outputs():
+    rng = np.random.default_rng(3)
+    angles, keeps, pads = [], [], []
+    for _ in range(100):
+        _, m = _augmented(rng, rotation=20)
+        ys, xs = np.nonzero(m)
+        cov = np.cov(np.stack([xs, ys]))
+        # the long axis' direction from the mask's second moments; image y points down, PIL turns anticlockwise
+        angles.append(-np.degrees(0.5 * np.arctan2(2 * cov[0, 1], cov[0, 0] - cov[1, 1])))
+        pixels, m = _augmented(rng, crop_min=0.7)
+        w, h = _extent(m)
+        keeps += [w / 60, h / 24]
+        assert m.shape == (max(w, h),) * 2 and m.sum() == w * h  # a crop of the subject, padded to a square
+        pixels, m = _augmented(rng, pad_max=0.3)
+        assert _extent(m) == (60, 24) and m.shape[0] == m.shape[1]
+        pads.append(m.shape[0] / 60 - 1)
+        assert (pixels[~m] == 255).all() and (pixels[m] == SUBJECT).all()  # padding is the fill colour, not stretch
+    angles, keeps, pads = np.array(angles), np.array(keeps), np.array(pads)
+    assert np.abs(angles).max() <= 20.5 and angles.min() < -15 and angles.max() > 15
+    assert keeps.min() >= 0.7 - 1 / 24 and keeps.max() <= 1 and keeps.min() < 0.75
+    assert pads.min() >= 0 and pads.max() <= 0.3 + 1 / 60 and pads.max() > 0.25
+
+
+def test_segmented_crop_and_identity_augmentation_keep_the_subject():
     params = AugmentParams(rotation=20, crop_min=0.7, pad_max=0.3)
     image, mask = np.full((40, 30, 3), 200, np.uint8), np.zeros((40, 30), bool)
     mask[5:35, 8:22] = True
     crop, crop_mask = augment.segmented_crop(image, mask, params.margin, params.fill)
     assert crop.size == (14 + 2 * 2, 30 + 2 * 3)  # box grown by 10 % per side (1.4 → 2 px, 3 px), clipped
-    rng = np.random.default_rng(3)
-    drawn = [augment.augment_reference(crop, crop_mask, params, rng) for _ in range(200)]
-    angles = np.array([d["angle"] for _, _, d in drawn])
-    keeps = np.array([d["keep"] for _, _, d in drawn])
-    pads = np.array([d["pad"] for _, _, d in drawn])
-    assert angles.min() >= -20 and angles.max() <= 20 and angles.min() < -15 and angles.max() > 15
-    assert keeps.min() >= 0.7 and keeps.max() <= 1 and keeps.min() < 0.75
-    assert pads.min() >= 0 and pads.max() <= 0.3 and pads.max() > 0.25
-    for canvas, canvas_mask, d in drawn:
-        assert canvas.size == canvas_mask.size == (d["side"], d["side"])  # square: zero-padded, not stretched
     off = AugmentParams(rotation=0, crop_min=1, pad_max=0)
-    canvas, canvas_mask, _ = augment.augment_reference(crop, crop_mask, off, rng)
+    canvas, canvas_mask, _ = augment.augment_reference(crop, crop_mask, off, np.random.default_rng(3))
     assert (np.asarray(canvas_mask) > 127).sum() == mask.sum()  # identity augmentation keeps the whole subject
 
 
