@@ -23,7 +23,7 @@ METRICS = ("clip_i", "clip_t", "dino", "m_dino", "blending")
 
 def crop(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """A subject as the model sees it (§3.2): segmented on white, cropped to its box, padded square."""
-    return np.asarray(segment_subject(image, mask)[0])
+    return np.array(segment_subject(image, mask)[0])
 
 
 def m_dino(similarity: np.ndarray) -> float:

@@ -93,7 +93,7 @@ def html_report(samples: list[EvalSample], rows: list[dict], images: dict[tuple[
                          _img(masks_image(gen.regions, gen.image.shape[:2]), f"{system} segmentation")]
         cells = "".join(f'<td class="n">{_num(by.get((sample.id, s), {}).get(m))}</td>' for s in systems
                         for m in METRICS)
-        body.append(f"<tr><td>{html.escape(sample.id)}<br><i>{html.escape(sample.set)}</i></td>"
+        body.append(f"<tr class=sample><td>{html.escape(sample.id)}<br><i>{html.escape(sample.set)}</i></td>"
                     f"<td>{html.escape(sample.prompt)}</td><td><div class=imgs>{''.join(pics)}</div></td>{cells}</tr>")
     means = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(
         f'<td class="n">{_num(metrics["metrics"][s][m]["mean"])}</td>' for m in METRICS) + "</tr>" for s in systems)
