@@ -3,6 +3,7 @@ generation; an end-to-end tiny run writes metrics.json, the parquet and a report
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -189,3 +190,31 @@ def test_end_to_end_tiny_run_on_shards(colour_dataset, tmp_path):
     assert all((out / p).is_file() for p in rows.image)
     page = (out / "report.html").read_text()
     assert page.count("<tr class=sample>") == 2 and "SYNTHETIC" in page
+
+
+def test_train_eval_every_logs_metrics_and_grid_and_leaves_training_alone(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.shard_factory import write_dataset
+    from tests.training.conftest import colour_sample
+    from training.config import load_config
+    from training.trainer import train
+
+    data = write_dataset(str(tmp_path / "ds"), [[colour_sample(f"e-{k}", {0: [0, 1], 1: [0, 1]}, size=(64, 64))
+                                                for k in range(2)]])
+    config = Path(__file__).parents[2] / "configs" / "train" / "stage1_tiny.yaml"
+
+    def run(out, *extra):
+        return train(load_config(config, [f"data.sources=[{{path: {data}}}]", f"train.output_dir={tmp_path / out}",
+                                          "train.max_steps=2", "train.log_every=1", *extra]))
+
+    plain = run("plain", "train.tracker=null")
+    evaluated = run("eval", "train.tracker=tensorboard", "train.eval_every=1", f"train.eval_shards={data}",
+                    "train.eval_samples=1", "train.eval_steps=1")
+    assert evaluated.losses == plain.losses  # same noise and timesteps: the evaluation draws from its own RNGs
+    assert all(p.requires_grad for p in evaluated.model.stage1_parameters())
+    [events] = list((tmp_path / "eval" / "logs").glob("*/events.out.tfevents*"))  # (hparams write their own)
+    acc = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+    assert {"eval/anystory/clip_i", "eval/anystory/m_dino", "eval/base-sdxl/dino"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("eval/anystory/clip_t")] == [1, 2]
+    assert "eval/images" in acc.Tags()["images"]

@@ -106,6 +106,26 @@ def html_report(samples: list[EvalSample], rows: list[dict], images: dict[tuple[
             f"<tbody>{''.join(body)}</tbody></table><script>{JS}</script></body></html>")
 
 
+def image_grid(samples: list[EvalSample], images: dict[tuple[str, str], Generated], cell: int = 128) -> np.ndarray:
+    """One row per sample: its references, then per system the image (and AnyStory's routing overlay)."""
+    def fit(a: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(a)
+        im.thumbnail((cell, cell))
+        square = Image.new("RGB", (cell, cell), (255, 255, 255))
+        square.paste(im, ((cell - im.width) // 2, (cell - im.height) // 2))
+        return np.asarray(square)
+
+    rows = []
+    for s in samples:
+        tiles = [fit(sub.image) for sub in s.subjects]
+        for (sid, _), gen in images.items():
+            if sid == s.id:
+                tiles += [fit(gen.image)] + ([fit(gen.overlay)] if gen.overlay is not None else [])
+        rows.append(np.concatenate(tiles, 1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
 def write(out: str | Path, samples: list[EvalSample], rows: list[dict], images: dict[tuple[str, str], Generated],
           info: dict) -> dict:
     out = Path(out)
