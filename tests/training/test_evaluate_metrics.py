@@ -1,6 +1,9 @@
 """Evaluation metrics on tiny random encoders: identical images score 1, CLIP-T is torchmetrics' CLIPScore,
 M-DINO and blending do not depend on subject order and catch swapped subjects, bootstrap intervals hold the mean."""
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -46,12 +49,20 @@ class _Features(torch.nn.Module):
 
 
 def test_clip_t_is_torchmetrics_clip_score(enc):
-    model = _Features(enc.clip)
-    for seed, prompt in [(0, "a red box on grass"), (1, "two friends on a beach"), (2, "x")]:
-        image = _image(seed, 40, 56)
-        want = clip_score(torch.from_numpy(image).permute(2, 0, 1), prompt,
-                          model_name_or_path=lambda: (model, enc.clip_processor))
-        assert score(enc, image, prompt, [[crop(image)]])["clip_t"] == pytest.approx(float(want), abs=1e-3)
+    # This tiny CLIP puts every image on the far side of every prompt (CLIPScore clamps to 0); the same CLIP with
+    # its text projection negated puts them on the near side, so both the scale and the clamp are compared.
+    flipped = copy.deepcopy(enc.clip)
+    with torch.no_grad():
+        flipped.text_projection.weight.neg_()
+    for clip, positive in ((enc.clip, False), (flipped, True)):
+        encoders = dataclasses.replace(enc, clip=clip)
+        for seed, prompt in [(0, "a red box on grass"), (1, "two friends on a beach"), (2, "x")]:
+            image = _image(seed, 40, 56)
+            want = clip_score(torch.from_numpy(image).permute(2, 0, 1), prompt,
+                              model_name_or_path=lambda: (_Features(clip), enc.clip_processor))
+            got = score(encoders, image, prompt, [[crop(image)]])["clip_t"]
+            assert got == pytest.approx(float(want), abs=1e-3)
+            assert (got > 1) == positive
 
 
 def _pair(enc, order, swap=False):
