@@ -92,7 +92,8 @@ def test_m_dino_and_blending_on_similarity_matrices():
     assert m_dino(permuted) == pytest.approx(m_dino(sim)) == pytest.approx(np.prod(np.diag(sim)))
     assert blending(permuted) == blending(sim) == 0.0
     confused = sim.copy()
-    confused[1, 2] = confused[1, 1] + 0.01  # subject 1's region looks a bit more like subject 2
+    confused[1, 2] = confused[1, 1] + 0.01  # subject 1's region looks a bit more like subject 2,
+    confused[2, 2] = 2.0  # whose own region is still itself (rows are regions, columns references)
     assert blending(confused) == pytest.approx(1 / 3)
     neglected = sim.copy()
     neglected[0] = 0  # subject 0 routed nowhere

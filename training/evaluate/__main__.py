@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from training.evaluate.sets import SpecError
+from training.evaluate import sets
 
 log = logging.getLogger("training.evaluate")
 
@@ -56,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny = args.size == "tiny"
     resolution = args.resolution or (64 if tiny else 1024)
     try:
-        from training.evaluate import sets
-
         samples = sets.load(args.set, args.shards, args.limit, args.seeds, resolution)
-    except SpecError as e:
+    except sets.SpecError as e:
         log.error("%s", e)
         return 2
     # Heavy imports once the set is known to be good; every model is built before the first generation.

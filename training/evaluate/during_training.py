@@ -28,8 +28,9 @@ class TrainingEvaluation:
         self.scheduler = build_scheduler(cfg.model.pretrained)
 
     def __call__(self, model: AnyStoryModel, frozen: Any, step: int, accelerator) -> np.ndarray:
-        """Evaluate, log ``eval/<system>/<metric>`` means, return the image grid; the global RNGs and the
-        trainable flags are left as they were (an exact resume does not see the evaluation)."""
+        """Evaluate, log ``eval/<system>/<metric>`` means, return the image grid. The trainable flags are left as
+        they were, and nothing is drawn from the global RNGs (seeded generators only), so an exact resume does not
+        see the evaluation."""
         flags = [(p, p.requires_grad) for p in model.parameters()]
         # The pipeline wraps the parts in a new AnyStoryModel, which freezes the UNet and the subject k/v inside it.
         pipe = AnyStoryPipeline(frozen.vae, *frozen.text_encoders, *frozen.tokenizers, model.unet, self.scheduler,
@@ -38,8 +39,7 @@ class TrainingEvaluation:
             p.requires_grad_(flag)
         pipe.set_progress_bar_config(disable=True)
         model.eval()
-        cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), accelerator.autocast():
+        with accelerator.autocast():
             rows, images = run(self.samples, pipe, self.encoders, self.settings, progress=False)
         model.train()
         means = {f"eval/{system}/{m}": v["mean"] for system, ms in summary(rows, {})["metrics"].items()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from anystory.visualize import PALETTE
 from datagen.shards.gallery import data_uri
-from training.evaluate.metrics import METRICS, summarize
+from training.evaluate.metrics import METRICS, crop, summarize
 from training.evaluate.run import ANYSTORY, Generated
 from training.evaluate.sets import EvalSample
 
@@ -80,7 +80,7 @@ def html_report(samples: list[EvalSample], rows: list[dict], images: dict[tuple[
     head = "".join(f'<th class="s">{html.escape(s)}<br>{m}</th>' for s in systems for m in METRICS)
     body = []
     for sample in samples:
-        pics = [_img(np.asarray(Image.fromarray(s.image)), f"ref {i}: {s.phrase}") for i, s in enumerate(sample.subjects)]
+        pics = [_img(crop(s.image, s.mask), f"ref {i}: {s.phrase}") for i, s in enumerate(sample.subjects)]
         if sample.target is not None:
             pics.append(_img(sample.target, "real target frame"))
         for system in systems:
