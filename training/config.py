@@ -88,6 +88,16 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     image_every: int = Field(500, ge=1)  # routing-map images (stage 2)
     tracker: str | None = "tensorboard"  # any accelerate tracker name; None disables logging
+    eval_every: int | None = Field(None, ge=1)  # a small evaluation (training.evaluate) every N steps; None = off
+    eval_shards: str | None = None  # the held-out dataset it reads
+    eval_samples: int = Field(4, ge=1)  # its first N samples with a subject, the same every time
+    eval_steps: int = Field(25, ge=1)  # denoising steps per evaluation image
+
+    @model_validator(mode="after")
+    def _eval_needs_data(self) -> "TrainConfig":
+        if self.eval_every and not self.eval_shards:
+            raise ValueError("train.eval_every needs train.eval_shards (a held-out dataset directory)")
+        return self
 
 
 class Config(Section):

@@ -41,6 +41,7 @@ from anystory.router import masks_at
 from training import checkpoints
 from training.augment import normalize
 from training.config import Config
+from training.evaluate.during_training import TrainingEvaluation
 from training.loader import DataPosition, make_loader
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     )
     model, frozen = build(cfg, accelerator.device)
     check_sizes(cfg, model, frozen)
+    evaluation = TrainingEvaluation(cfg, accelerator.device) if t.eval_every and accelerator.is_main_process else None
     params = model.freeze_for_stage(cfg.stage)
     dtype = DTYPES[t.mixed_precision]
     if dtype != torch.float32:
@@ -273,6 +275,10 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         if t.tracker and cfg.stage == 2 and step.value % t.image_every == 0 and accelerator.is_main_process:
             _log_image(accelerator, t.tracker, routing_image(out.routing_maps, batch["routing_masks"],
                                                                    batch["subject_valid"]), step.value)
+        if evaluation is not None and step.value % t.eval_every == 0:
+            grid = evaluation(bare, frozen, step.value, accelerator)
+            if t.tracker:
+                _log_image(accelerator, t.tracker, grid, step.value, "eval/images")
         if step.value % t.checkpoint_every == 0 or step.value == t.max_steps:
             checkpoints.save_checkpoint(accelerator, lambda d: bare.save_adapters(d, parts), out_dir, step.value,
                                         t.keep_last)
@@ -284,6 +290,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     return result
 
 
-def _log_image(accelerator: Accelerator, tracker: str, image: np.ndarray, step: int) -> None:
+def _log_image(accelerator: Accelerator, tracker: str, image: np.ndarray, step: int,
+               name: str = "routing_maps") -> None:
     kwargs = {"dataformats": "NHWC"} if tracker == "tensorboard" else {}
-    accelerator.get_tracker(tracker).log_images({"routing_maps": image[None]}, step=step, **kwargs)
+    accelerator.get_tracker(tracker).log_images({name: image[None]}, step=step, **kwargs)

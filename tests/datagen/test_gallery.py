@@ -2,10 +2,7 @@
 
 import base64
 import io
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from PIL import Image
 from datagen.shards.__main__ import main as shards_main
 from datagen.shards.gallery import PALETTE, gallery
 from datagen.shards.stats import stats
+from tests.browser import needs_chromium, screenshot
 
 
 @pytest.fixture
@@ -56,19 +54,11 @@ def test_stats_counts(dataset, capsys):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed (apt-get install chromium)")
+@needs_chromium
 def test_gallery_renders_in_headless_chromium(dataset, tmp_path):
-    html, png = tmp_path / "g.html", tmp_path / "g.png"
+    html = tmp_path / "g.html"
     assert shards_main(["view", dataset, "--out", str(html)]) == 0
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800", f"--screenshot={png}",
-         f"file://{html}"],
-        check=True, capture_output=True, timeout=120,
-    )
-    shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
-    assert os.path.getsize(png) > 10_000
+    shot = screenshot(html, tmp_path)
     # the page drew the frames: a good share of pixels differ from the page background
     background = np.array([250, 250, 250])
     assert (np.abs(shot - background).sum(-1) > 30).mean() > 0.05

@@ -1,0 +1,117 @@
+"""Evaluation metrics on tiny random encoders: identical images score 1, CLIP-T is torchmetrics' CLIPScore,
+M-DINO and blending do not depend on subject order and catch swapped subjects, bootstrap intervals hold the mean."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.multimodal import clip_score
+
+from tests.shard_factory import smooth_image
+from training.evaluate.encoders import build_encoders
+from training.evaluate.metrics import blending, crop, m_dino, score, summarize
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return build_encoders("tiny")
+
+
+def _image(seed: int, h: int = 48, w: int = 48) -> np.ndarray:
+    return smooth_image(np.random.default_rng(seed), h, w)
+
+
+def test_identical_images_score_one_and_unrelated_lower(enc):
+    a, b = _image(0), _image(1)
+    full = np.ones((1, 48, 48), bool)
+    same = score(enc, a, "a photo", [[crop(a)]], full)
+    other = score(enc, b, "a photo", [[crop(a)]], full)
+    for m in ("clip_i", "dino", "m_dino"):
+        assert same[m] == pytest.approx(1.0, abs=1e-5)
+        assert other[m] < same[m] - 1e-3
+    assert same["blending"] is None  # one subject: nothing to confuse
+
+
+class _Features(torch.nn.Module):
+    """torchmetrics 1.9 expects ``get_*_features`` to return tensors; transformers 5 returns model outputs."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip, self.config = clip, clip.config
+
+    def get_image_features(self, *args, **kwargs):
+        return self.clip.get_image_features(*args, **kwargs).pooler_output
+
+    def get_text_features(self, *args, **kwargs):
+        return self.clip.get_text_features(*args, **kwargs).pooler_output
+
+
+def test_clip_t_is_torchmetrics_clip_score(enc):
+    # This tiny CLIP puts every image on the far side of every prompt (CLIPScore clamps to 0); the same CLIP with
+    # its text projection negated puts them on the near side, so both the scale and the clamp are compared.
+    flipped = copy.deepcopy(enc.clip)
+    with torch.no_grad():
+        flipped.text_projection.weight.neg_()
+    for clip, positive in ((enc.clip, False), (flipped, True)):
+        encoders = dataclasses.replace(enc, clip=clip)
+        for seed, prompt in [(0, "a red box on grass"), (1, "two friends on a beach"), (2, "x")]:
+            image = _image(seed, 40, 56)
+            want = clip_score(torch.from_numpy(image).permute(2, 0, 1), prompt,
+                              model_name_or_path=lambda: (_Features(clip), enc.clip_processor))
+            got = score(encoders, image, prompt, [[crop(image)]])["clip_t"]
+            assert got == pytest.approx(float(want), abs=1e-3)
+            assert (got > 1) == positive
+
+
+def _pair(enc, order, swap=False):
+    """Generated image = subject A left | subject B right; the regions (swapped when asked) in ``order``."""
+    a, b = _image(3, 32, 32), _image(4, 32, 32)
+    image = np.concatenate([a, b], 1)
+    left = np.zeros((32, 64), bool)
+    left[:, :32] = True
+    regions, refs = [left, ~left] if not swap else [~left, left], [[crop(a)], [crop(b)]]
+    return score(enc, image, "a and b", [refs[i] for i in order], np.stack([regions[i] for i in order]))
+
+
+def test_m_dino_and_blending_are_order_invariant_and_catch_a_swapped_pair(enc):
+    right, flipped, swapped = _pair(enc, [0, 1]), _pair(enc, [1, 0]), _pair(enc, [0, 1], swap=True)
+    assert flipped["m_dino"] == pytest.approx(right["m_dino"], abs=1e-6)
+    assert right["blending"] == flipped["blending"] == 0.0
+    assert swapped["blending"] == 1.0  # each region looks like the other subject
+    assert swapped["m_dino"] < right["m_dino"] - 0.01
+    assert right["subject_dino"] == pytest.approx(flipped["subject_dino"][::-1], abs=1e-6)
+
+
+def test_m_dino_and_blending_on_similarity_matrices():
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(0.2, 0.6, (3, 3)) + np.eye(3) * 0.5
+    perm = [2, 0, 1]
+    permuted = sim[np.ix_(perm, perm)]
+    assert m_dino(permuted) == pytest.approx(m_dino(sim)) == pytest.approx(np.prod(np.diag(sim)))
+    assert blending(permuted) == blending(sim) == 0.0
+    confused = sim.copy()
+    confused[1, 2] = confused[1, 1] + 0.01  # subject 1's region looks a bit more like subject 2,
+    confused[2, 2] = 2.0  # whose own region is still itself (rows are regions, columns references)
+    assert blending(confused) == pytest.approx(1 / 3)
+    neglected = sim.copy()
+    neglected[0] = 0  # subject 0 routed nowhere
+    assert m_dino(neglected) == 0.0
+    assert blending(sim[:1, :1]) is None
+
+
+@pytest.mark.parametrize("values", [np.random.default_rng(1).normal(0.6, 0.1, 40),
+                                    np.random.default_rng(2).exponential(1.0, 25), [0.0, 1.0, 1.0]])
+def test_bootstrap_interval_contains_the_mean(values):
+    s = summarize(list(values) + [None])
+    assert s["n"] == len(values)
+    assert s["mean"] == pytest.approx(np.mean(values))
+    lo, hi = s["ci"]
+    assert lo < s["mean"] < hi
+    assert hi - lo <= np.ptp(values)
+
+
+def test_bootstrap_of_one_or_no_value():
+    assert summarize([0.5]) == {"mean": 0.5, "ci": [0.5, 0.5], "n": 1}
+    assert summarize([None]) == {"mean": None, "ci": None, "n": 0}

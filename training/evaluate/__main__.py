@@ -1,0 +1,97 @@
+"""``python -m training.evaluate --adapters DIR (--set SET | --shards DIR) --out DIR [--baseline ip-adapter]``
+
+Generates every sample of the set with AnyStory and the baselines on the same prompt and seed (base SDXL always;
+IP-Adapter Plus SDXL with ``--baseline ip-adapter`` when its weights are here) and writes ``metrics.json``,
+``samples.parquet``, ``report.html`` and ``images/`` to ``--out``. ``--size tiny``: tiny random models, offline
+(smoke runs and tests; every output is marked synthetic). Missing weights, a bad spec or an empty set fail before
+any generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from training.evaluate import sets
+
+log = logging.getLogger("training.evaluate")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--adapters", help="adapters folder of a run (<output_dir>/adapters or checkpoints/step-N/adapters)")
+    p.add_argument("--set", help="a spec file (.yaml/.jsonl), a folder with spec.yaml, a DreamBench-layout folder, or "
+                                 "a shipped set name (mini)")
+    p.add_argument("--shards", help="a dataset folder: evaluate on its samples (held-out data)")
+    p.add_argument("--limit", type=int, help="at most N samples (per source)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--baseline", action="append", choices=["base-sdxl", "ip-adapter"], default=[],
+                   help="base-sdxl always runs; ip-adapter adds IP-Adapter Plus SDXL when its weights are here")
+    p.add_argument("--ip-adapter", help="IP-Adapter Plus SDXL: the .safetensors file or a folder with "
+                                        "sdxl_models/ (default: h94/IP-Adapter in the HF cache)")
+    p.add_argument("--size", choices=["sdxl", "tiny"], default="sdxl")
+    p.add_argument("--pretrained", help="SDXL base (directory or hub id in the HF cache; default SDXL base 1.0)")
+    p.add_argument("--clip-pretrained", help="AnyStory's CLIP ViT-H/14 image encoder (default: IP-Adapter's)")
+    p.add_argument("--clip", help="CLIP ViT-B/32 for CLIP-I/CLIP-T (default openai/clip-vit-base-patch32)")
+    p.add_argument("--dino", help="DINO ViT-S/16 for DINO/M-DINO (default facebook/dino-vits16)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 25; tiny 2)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--resolution", type=int, help="side of spec samples / bucket area of shard samples "
+                                                  "(default 1024; tiny 64)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of DreamBench-layout prompts")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    args = p.parse_args(argv)
+    if args.set is None and args.shards is None:
+        p.error("give --set and/or --shards")
+    if args.adapters is None and args.size != "tiny":
+        p.error("--adapters is required (only --size tiny runs untrained adapters)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tiny = args.size == "tiny"
+    resolution = args.resolution or (64 if tiny else 1024)
+    try:
+        samples = sets.load(args.set, args.shards, args.limit, args.seeds, resolution)
+    except sets.SpecError as e:
+        log.error("%s", e)
+        return 2
+    # Heavy imports once the set is known to be good; every model is built before the first generation.
+    import torch
+
+    from anystory import AnyStoryPipeline, builders
+    from datagen import shards
+    from training.evaluate import encoders, report, run
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") and not tiny else None
+    enc = encoders.build_encoders(args.size, args.clip or encoders.CLIP_B32, args.dino or encoders.DINO_S16, device)
+    ip_file, skipped = None, {}
+    if "ip-adapter" in args.baseline:
+        ip_file, why = (None, "IP-Adapter Plus has no tiny variant") if tiny else run.ip_adapter_file(args.ip_adapter)
+        if ip_file is None:
+            skipped["ip-adapter"] = why
+            log.warning("baseline ip-adapter skipped: %s", why)
+    torch.manual_seed(0)  # tiny random models: the same every run
+    pretrained = None if tiny else (args.pretrained or builders.SDXL_BASE)
+    pipe = AnyStoryPipeline.build(args.size, pretrained, args.clip_pretrained, args.adapters, device=device,
+                                  dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    settings = run.Settings(steps=args.steps or (2 if tiny else 25), guidance=args.guidance,
+                            size=(resolution, resolution))
+    rows, images = run.run(samples, pipe, enc, settings, ip_file)
+    data_synthetic = bool(args.shards and shards.read_manifest(args.shards).get("synthetic_models"))
+    info = {"synthetic": tiny or enc.synthetic or data_synthetic, "encoders": enc.names, "adapters": args.adapters,
+            "set": args.set, "shards": args.shards, "skipped": skipped,
+            "settings": {"steps": settings.steps, "guidance": settings.guidance, "resolution": resolution}}
+    metrics = report.write(args.out, samples, rows, images, info)
+    print(json.dumps({s: {m: v["mean"] for m, v in ms.items()} for s, ms in metrics["metrics"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

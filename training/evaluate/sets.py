@@ -1,0 +1,230 @@
+"""Evaluation sets: what to generate (prompt, seed, subject references) and what to score against.
+
+Three inputs, one ``EvalSample`` list:
+- a spec file (YAML, or JSONL with one case per line): subjects as image + optional mask + phrase, prompts with
+  ``{0}``, ``{1}``… (or ``{}`` for one subject) placeholders, seeds; a case may instead give MS-Bench-style
+  ``templates`` over ``scenes`` (``{scene}`` placeholder);
+- a folder in DreamBench's layout: ``<subject>/*.jpg`` plus ``prompts.txt`` (one prompt per line, ``{}`` = the
+  subject's phrase), optional ``classes.txt`` (``subject,phrase`` lines); the first image conditions, all score;
+- held-out shards of a dataset the engine built: the training planner's target/reference choice (``training.plan``)
+  gives reference frames per subject and a target frame; the target caption is the prompt and each subject is
+  scored against its crop in the real target frame.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import yaml
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from datagen import shards
+from training.config import AugmentParams
+from training.plan import choose, sdxl_buckets
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SHIPPED = Path(__file__).parent / "sets"
+
+
+class SpecError(ValueError):
+    """A spec, folder or dataset that cannot be evaluated (raised before any generation)."""
+
+
+@dataclass
+class EvalSubject:
+    phrase: str
+    image: np.ndarray  # the conditioning reference, HxWx3 uint8
+    mask: np.ndarray | None  # its mask (None: the whole image)
+    scoring: list[tuple[np.ndarray, np.ndarray | None]]  # (image, mask) the generation is scored against
+
+
+@dataclass
+class EvalSample:
+    id: str
+    set: str
+    prompt: str
+    seed: int
+    subjects: list[EvalSubject]
+    target: np.ndarray | None = None  # held-out shards: the real target frame
+    size: tuple[int, int] | None = None  # (height, width) to generate at; None: the command's default
+    meta: dict = field(default_factory=dict)
+
+
+# --- spec files ---------------------------------------------------------------------------------------------------
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubjectSpec(_Spec):
+    image: str
+    mask: str | None = None
+    phrase: str
+    scoring: list[str] = []  # extra images the subject is scored against (besides its reference)
+
+
+class CaseSpec(_Spec):
+    subjects: list[str | SubjectSpec] = Field(min_length=1)  # names of `subjects` entries, or inline (JSONL)
+    prompts: list[str] = []
+    templates: list[str] = []  # MS-Bench style: each template over each scene
+    scenes: list[str] = []
+    seeds: list[int] = [0]
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> "CaseSpec":
+        if not self.prompts and not (self.templates and self.scenes):
+            raise ValueError("a case needs `prompts`, or `templates` and `scenes`")
+        return self
+
+
+class SetSpec(_Spec):
+    name: str
+    subjects: dict[str, SubjectSpec] = {}
+    cases: list[CaseSpec] = Field(min_length=1)
+
+
+def _read_image(path: Path, mode: str = "RGB") -> np.ndarray:
+    if not path.is_file():
+        raise SpecError(f"missing image {path}")
+    with Image.open(path) as im:
+        return np.asarray(im.convert(mode))
+
+
+def _subject(spec: SubjectSpec, root: Path) -> EvalSubject:
+    image = _read_image(root / spec.image)
+    mask = _read_image(root / spec.mask, "L") > 127 if spec.mask else None
+    if mask is not None and (mask.shape != image.shape[:2] or not mask.any()):
+        raise SpecError(f"mask {spec.mask}: must be a non-empty {image.shape[1]}x{image.shape[0]} mask of {spec.image}")
+    extra = [(_read_image(root / p), None) for p in spec.scoring]
+    return EvalSubject(spec.phrase, image, mask, [(image, mask), *extra])
+
+
+def _fill(template: str, phrases: list[str], scene: str | None, where: str) -> str:
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    try:
+        text = template.format(*phrases, scene=scene) if "" not in fields else template.format(phrases[0], scene=scene)
+    except (IndexError, KeyError, ValueError) as e:
+        raise SpecError(f"{where}: prompt {template!r} does not fit {len(phrases)} subject(s): {e!r}") from e
+    used = {int(f) for f in fields if f.isdigit()} | ({0} if "" in fields else set())
+    if used != set(range(len(phrases))):
+        raise SpecError(f"{where}: prompt {template!r} must name each of its {len(phrases)} subject(s) once "
+                        f"({{0}}..{{{len(phrases) - 1}}})")
+    return text
+
+
+def from_spec(spec: SetSpec, root: Path) -> list[EvalSample]:
+    samples = []
+    for c, case in enumerate(spec.cases):
+        subs = []
+        for s in case.subjects:
+            if isinstance(s, str) and s not in spec.subjects:
+                raise SpecError(f"case {c}: unknown subject {s!r}; defined: {sorted(spec.subjects)}")
+            subs.append(_subject(spec.subjects[s] if isinstance(s, str) else s, root))
+        phrases = [s.phrase for s in subs]
+        prompts = [_fill(p, phrases, None, f"case {c}") for p in case.prompts]
+        prompts += [_fill(t, phrases, scene, f"case {c}") for t in case.templates for scene in case.scenes]
+        for p, prompt in enumerate(prompts):
+            for seed in case.seeds:
+                samples.append(EvalSample(f"{spec.name}-{c}-{p}-s{seed}", spec.name, prompt, seed, subs))
+    return samples
+
+
+def load_spec(path: Path) -> list[EvalSample]:
+    name = path.parent.name if path.stem == "spec" else path.stem
+    try:
+        if path.suffix == ".jsonl":
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            spec = SetSpec(name=name, cases=lines)
+        else:
+            tree = yaml.safe_load(path.read_text()) or {}
+            spec = SetSpec.model_validate({"name": name, **tree} if isinstance(tree, dict) else tree)
+    except (ValidationError, json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SpecError(f"bad spec {path}: {e}") from e
+    return from_spec(spec, path.parent)
+
+
+# --- DreamBench layout --------------------------------------------------------------------------------------------
+
+def load_dreambench(root: Path, seeds: list[int]) -> list[EvalSample]:
+    prompts_file = root / "prompts.txt"
+    if not prompts_file.is_file():
+        raise SpecError(f"{root}: a DreamBench folder needs prompts.txt (one prompt per line, {{}} = the subject)")
+    prompts = [p.strip() for p in prompts_file.read_text().splitlines() if p.strip()]
+    classes = {}
+    if (root / "classes.txt").is_file():
+        for line in (root / "classes.txt").read_text().splitlines():
+            if "," in line:
+                name, phrase = line.split(",", 1)
+                classes[name.strip()] = phrase.strip()
+    samples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            continue
+        arrays = [_read_image(p) for p in images]
+        phrase = classes.get(folder.name, folder.name.rstrip("0123456789").replace("_", " ").strip())
+        subject = EvalSubject(phrase, arrays[0], None, [(a, None) for a in arrays])
+        for p, prompt in enumerate(prompts):
+            text = _fill(prompt, [phrase], None, str(prompts_file))
+            samples += [EvalSample(f"{folder.name}-{p}-s{s}", root.name, text, s, [subject]) for s in seeds]
+    return samples
+
+
+# --- held-out shards ----------------------------------------------------------------------------------------------
+
+def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int = 4, seed: int = 0
+             ) -> Iterator[EvalSample]:
+    """Up to ``limit`` samples of ``dataset`` with at least one subject, in shard order; pairs as training makes
+    them (``training.plan.choose``, no condition drop), generated at the target frame's aspect bucket."""
+    params = AugmentParams(max_subjects=max_subjects, drop_rate=0.0, resolution=resolution,
+                           bucket_step=min(64, resolution))
+    buckets = sdxl_buckets(params.resolution, params.bucket_step, params.max_aspect)
+    name = Path(dataset.rstrip("/")).name
+    n = 0
+    for raw in shards.iter_raw(shards.shard_urls(dataset)):
+        if limit is not None and n >= limit:
+            return
+        plan = choose(raw, params, buckets, np.random.default_rng([seed, n]))
+        if plan is None:
+            continue
+        sample = shards.decode_sample(raw)
+        by_id = {s.id: s for s in sample.subjects}
+        target = sample.frames[plan.target]
+        subs = [EvalSubject(by_id[i].phrase, sample.frames[ref].image, by_id[i].masks[ref],
+                            [(target.image, by_id[i].masks[plan.target])]) for i, ref in plan.subjects]
+        yield EvalSample(sample.key, name, target.caption, seed, subs, target=target.image, size=plan.bucket,
+                         meta={"target_frame": plan.target, "reference_frames": [r for _, r in plan.subjects]})
+        n += 1
+
+
+def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds: list[int], resolution: int
+         ) -> list[EvalSample]:
+    """Every sample to evaluate; a bad spec or an empty set raises ``SpecError`` (before any generation)."""
+    samples: list[EvalSample] = []
+    if set_path is not None:
+        path = Path(set_path)
+        if not path.exists() and (SHIPPED / set_path).exists():
+            path = SHIPPED / set_path
+        if path.is_dir():
+            specs = [p for p in (path / "spec.yaml", path / "spec.jsonl") if p.is_file()]
+            samples += load_spec(specs[0]) if specs else load_dreambench(path, seeds)
+        elif path.is_file():
+            samples += load_spec(path)
+        else:
+            raise SpecError(f"--set {set_path}: no such file or folder (shipped sets: "
+                            f"{sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())})")
+        if limit is not None:
+            samples = samples[:limit]
+    if shards_dir is not None:
+        if not shards.list_shards(shards_dir):
+            raise SpecError(f"--shards {shards_dir}: no shards under {shards.join(shards_dir, shards.SHARDS_DIR)}")
+        samples += list(held_out(shards_dir, limit, resolution))
+    if not samples:
+        raise SpecError("the evaluation set is empty: nothing to generate")
+    return samples
