@@ -100,8 +100,11 @@ def render(photo: Image.Image, shot: Shot, u: float, size: tuple[int, int] = SIZ
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, int] = SIZE, gop: int = 48) -> None:
-    """Encode the shots as H.264 (yuv420p) .mp4, a keyframe at least every ``gop`` frames."""
+def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, int] = SIZE, gop: int = 48,
+               rotation: int = 0) -> None:
+    """Encode the shots as H.264 (yuv420p) .mp4, a keyframe at least every ``gop`` frames. ``rotation``: a
+    display matrix rotating the stored frames by that many degrees counter-clockwise, as phones write portrait
+    clips (stored landscape, shown upright with rotation -90)."""
     with Image.open(PHOTO) as im:
         photo = im.convert("RGB")
     with av.open(path, "w") as out:
@@ -109,6 +112,8 @@ def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, in
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast", "g": str(gop), "threads": "1"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for shot in shots:
             n = int(round(shot.seconds * fps))
             for i in range(n):
