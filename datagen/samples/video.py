@@ -3,8 +3,9 @@
 A clip is a list of shots joined by hard cuts. In each shot a virtual camera pans and zooms over the photo
 (the person in it moves across the frame) while coloured "subjects" (a ball, a box, ...) move over it; shots
 differ by framing, mirroring and tint, so cuts are real content changes. Next to the clips: a near-static
-clip (its frames are near-duplicates), a truncated file, a zero-length file and an audio-only file, so a
-sample run shows every way a clip ends in quarantine.
+clip (its frames are near-duplicates), a phone's portrait clip stored sideways with a display rotation, a
+truncated file, a zero-length file and an audio-only file, so a sample run shows every way a clip ends in
+quarantine.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ ZOOM = [
 STILL = [Shot(3.0, (0.5, 0.5, 0.9), (0.5, 0.5, 0.9))]
 
 CLIPS = {"pan_cut.mp4": PAN_CUT, "zoom.mp4": ZOOM, "still.mp4": STILL}
+# A phone's portrait clip: stored 640×360 with a display matrix that turns it upright (-90°: clockwise).
+PHONE = ("phone_portrait.mp4", ZOOM, (640, 360), -90)
 
 
 def _lerp(a, b, u):
@@ -158,6 +161,8 @@ def make(root: str) -> dict:
         os.makedirs(out, exist_ok=True)
         for name, shots in CLIPS.items():
             write_clip(os.path.join(out, name), shots)
+        name, shots, size, rotation = PHONE
+        write_clip(os.path.join(out, name), shots, size=size, rotation=rotation)
         write_broken(out)
         open(done, "w").close()
     return {"clips": out}
