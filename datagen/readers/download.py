@@ -40,9 +40,7 @@ class DownloadParams(Params):
     user_agent: str = "Mozilla/5.0 (compatible; anystory-data/0.1)"
     # X-Robots-Tag directives that forbid the use (img2dataset's defaults): refused as robots_disallowed
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
-    # short side of the original image below this: rejected (image_too_small). Subject-Diffusion B.1's LAION rule
-    # (it writes "> 1024"; 1024 itself is kept: it is the trainer's side, no upscale needed)
-    min_side: int = 1024
+    min_side: int = 512  # short side of the original image below this: rejected (image_too_small)
     short_side: int | None = None  # downscale so that the short side is at most this (None: keep)
     max_side: int | None = None  # downscale so that the long side is at most this (None: keep)
 
