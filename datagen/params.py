@@ -6,14 +6,35 @@ Pipelines nest these in their YAML config, so a misspelt threshold fails at load
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import fsspec
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_field_defaults(cls, data: Any) -> Any:
+        """A section given in part overrides only the keys it names; the others keep the *field's* default, so a
+        source's own defaults (video's ``filters: FilterParams(min_image_side=360)``) survive a YAML line such as
+        ``filters: {area_min: 0}`` instead of falling back to the section class's defaults."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(field.default, Params) and isinstance(out.get(name), dict):
+                out[name] = _merged(field.default.model_dump(exclude_unset=True), out[name])
+        return out
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _exists(path: str) -> str:

@@ -39,7 +39,8 @@ class LabelingParams(Params):
     detection: DetectionParams = DetectionParams()
     segmentation: SegmentationParams = SegmentationParams()
     matching: MatchParams = MatchParams()
-    filters: FilterParams = FilterParams()
+    # web and phone video: 360p (640×360) is the lowest common resolution worth a 1024² target
+    filters: FilterParams = FilterParams(min_image_side=360)
 
 
 def _sample(item: Item) -> Sample:
@@ -75,7 +76,12 @@ class CaptionFrames:
 
 
 def find_phrases(item: Item, p: EntityParams, per: str = "clip") -> Item:
-    per_frame = [entities.phrases(fr.caption, p) for fr in _sample(item).frames]
+    """Subject phrases per frame; B.1 rule (7)'s groups and body parts are counted as ``entities/<reason>``."""
+    per_frame = []
+    for fr in _sample(item).frames:
+        found, dropped = entities.extract(fr.caption, p)
+        per_frame.append(found)
+        _count(item, "entities", dropped)
     if per == "clip":
         union = list(dict.fromkeys(ph for phs in per_frame for ph in phs))[: p.max_phrases]
         per_frame = [union] * len(per_frame)
@@ -161,12 +167,16 @@ def _phrase(members: list[Instance]) -> str:
 def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None) -> Item:
     """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``).
 
-    A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``).
+    A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``); a clip
+    where no subject is seen in two frames is rejected (``no_match``) unless ``p.self_references``.
     Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones.
     """
     sample = _sample(item)
     instances = item.scratch["instances"]
-    tracks = matching.match(item.scratch["embeddings"], p.min_similarity)
+    keys = [[matching.phrase_key(x.phrase, p.phrases_agree) for x in frame] for frame in instances]
+    tracks = matching.match(item.scratch["embeddings"], p.min_similarity, keys)
+    if tracks and not any(t.matched for t in tracks) and not p.self_references:
+        raise Rejected("no_match", f"none of {len(tracks)} subjects is matched across {len(instances)} frames")
     groups = [(t, {j: instances[j][i] for j, i in sorted(t.members.items())}) for t in tracks]
     groups.sort(key=lambda g: (-len(g[1]), -np.mean([x.box_area for x in g[1].values()])))
     if len(groups) > fp.max_subjects:

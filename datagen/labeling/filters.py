@@ -2,6 +2,7 @@
 
 Each rule is a small function over ``Instance``s of one frame and returns the survivors plus the number
 dropped per reason, so every drop is counted. Bounds are inclusive: a value exactly at a threshold is kept.
+Rule (7) (groups and body parts) acts on phrases, before detection: ``entities.EntityParams``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class FilterParams(Params):
     dedupe_iou: float = 0.8  # (3) of two boxes with IoU above, the lower-scored is dropped
     max_phrase_repeats: int = 5  # (4) a phrase detected more often than this in a frame is dropped
     min_mask_box_ratio: float = 0.6  # (6) mask area / box area below → dropped
-    min_image_side: int = 512  # the paper keeps LAION images whose short side is > 1024; configurable
+    # Short side below → the image is rejected. B.1's "> 1024" is a LAION rule (the urls source applies it at
+    # download); here the photo and video sources' default: the trainer upscales to its 1024² area by at most
+    # 4x. Each source sets its own (README "Filters").
+    min_image_side: int = 256
     max_subjects: int = 4  # MS-Diffusion: at most 4 subjects per sample
 
 
@@ -111,10 +115,14 @@ def by_mask_box_ratio(instances: list[Instance], p: FilterParams) -> Kept:
 
 
 def filter_boxes(instances: list[Instance], width: int, height: int, p: FilterParams) -> Kept:
-    """Rules (1)–(5), the ones that need only boxes, scores and phrases (run before segmentation)."""
+    """Rules (1)–(5), the ones that need only boxes, scores and phrases (run before segmentation).
+
+    De-duplication (3) runs before the repeat count (4): a person detected twice is one entity, so three people
+    each found twice count 3, not 6.
+    """
     drops: Counter = Counter()
-    for rule in (by_score, by_aspect, lambda xs, q: by_area(xs, width, height, q), by_phrase_repeats,
-                 by_duplicates):
+    for rule in (by_score, by_aspect, lambda xs, q: by_area(xs, width, height, q), by_duplicates,
+                 by_phrase_repeats):
         instances, d = rule(instances, p)
         drops += d
     return instances, drops

@@ -2,12 +2,15 @@
 on image-embedding similarity.
 
 - ``masked_crop``: the instance's box with everything outside its mask set to a neutral grey, so the embedding
-  sees the subject, not its background;
+  sees the subject, not its background, padded with that grey to a square: the embedders' processors resize the
+  short side and centre-crop, which would cut a standing person (a 1:3 box) to its middle third;
 - ``Embedder(spec, params)(crops)``: L2-normalised DINOv2 CLS (default) or CLIP image embeddings;
 - ``match(embeddings, min_similarity)``: tracks over the frames in time order. Frame 0's instances open tracks;
   each later frame is assigned to the open tracks by ``scipy.optimize.linear_sum_assignment`` on cosine
   similarity to each track's mean embedding; an assigned pair below ``min_similarity`` is not a match, and
-  every instance left unmatched opens its own track. A track seen in one frame only is an unmatched subject:
+  every instance left unmatched opens its own track. Beside appearance, the box's phrase is a cue (DESIGN §4:
+  box/phrase cues): with ``phrases_agree`` only instances whose phrases agree can match (``head``: the same head
+  noun, "red ball" = "ball"; ``exact``; ``off``). A track seen in one frame only is an unmatched subject:
   the source uses its own crop as the reference (MS-Diffusion: "for the targets where matching fails, we
   directly use the corresponding parts of the ground truth as references").
 """
@@ -15,6 +18,7 @@ on image-embedding similarity.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,18 +35,36 @@ NEUTRAL = (124, 116, 104)
 class MatchParams(Params):
     min_similarity: float = 0.6  # cosine similarity of a matched pair (DINOv2 CLS: same object ≳ 0.6)
     batch_size: int = 32  # crops per embedder call
+    phrases_agree: Literal["head", "exact", "off"] = "head"  # which instances may match, by their phrases
+    # A clip where no subject is matched across frames is no frame pair: rejected (no_match) unless this is set,
+    # then its subjects are their own references (MS-Diffusion's fallback, for the whole clip)
+    self_references: bool = False
 
 
 def masked_crop(image: np.ndarray, mask: np.ndarray, box: list[float]) -> np.ndarray:
-    """The box region of ``image`` with pixels outside ``mask`` set to ``NEUTRAL``."""
+    """The box region of ``image`` with pixels outside ``mask`` set to ``NEUTRAL``, centred on a ``NEUTRAL``
+    square (the whole subject survives the processor's centre crop)."""
     h, w = mask.shape
     x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
     x1, y1 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"empty box {box} in a {w}x{h} image")
-    crop = image[y0:y1, x0:x1].copy()
+    ch, cw = y1 - y0, x1 - x0
+    side = max(ch, cw)
+    square = np.empty((side, side, 3), image.dtype)
+    square[:] = NEUTRAL
+    top, left = (side - ch) // 2, (side - cw) // 2
+    crop = square[top:top + ch, left:left + cw]
+    crop[:] = image[y0:y1, x0:x1]
     crop[~mask[y0:y1, x0:x1]] = NEUTRAL
-    return crop
+    return square
+
+
+def phrase_key(phrase: str, agree: str) -> str | None:
+    """What two phrases must share to match: the head noun (last word), the phrase, or nothing (None)."""
+    if agree == "off":
+        return None
+    return phrase.split()[-1] if agree == "head" and phrase.split() else phrase
 
 
 class Embedder:
@@ -78,6 +100,7 @@ class Track:
 
     members: dict[int, int] = field(default_factory=dict)
     scores: list[float] = field(default_factory=list)
+    key: str | None = None  # phrase key of the instance that opened it (None: matches any phrase)
     _sum: np.ndarray | None = None
 
     @property
@@ -95,20 +118,26 @@ class Track:
             self.scores.append(score)
 
 
-def match(embeddings: list[np.ndarray], min_similarity: float) -> list[Track]:
-    """Tracks over frames; ``embeddings[j]`` holds frame j's instances (n_j × D, L2-normalised rows)."""
+def match(embeddings: list[np.ndarray], min_similarity: float,
+          keys: list[list[str | None]] | None = None) -> list[Track]:
+    """Tracks over frames; ``embeddings[j]`` holds frame j's instances (n_j × D, L2-normalised rows) and
+    ``keys[j]`` their ``phrase_key``s: a pair whose keys differ (neither None) cannot match."""
     tracks: list[Track] = []
     for j, emb in enumerate(embeddings):
+        frame_keys = keys[j] if keys is not None else [None] * len(emb)
         assigned: set[int] = set()
         if tracks and len(emb):
             sim = np.stack([t.embedding for t in tracks]) @ emb.T
+            apart = np.array([[a is not None and b is not None and a != b for b in frame_keys]
+                              for a in (t.key for t in tracks)])
+            sim[apart] = -2.0  # below any cosine: the assignment avoids it and the threshold refuses it
             for t, i in zip(*linear_sum_assignment(-sim)):
                 if sim[t, i] >= min_similarity:
                     tracks[t].add(j, int(i), emb[i], float(sim[t, i]))
                     assigned.add(int(i))
         for i in range(len(emb)):
             if i not in assigned:
-                track = Track()
+                track = Track(key=frame_keys[i])
                 track.add(j, i, emb[i])
                 tracks.append(track)
     return tracks

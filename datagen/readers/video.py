@@ -5,6 +5,8 @@ Inputs (``list_videos``): folders (local or fsspec URLs; every video file below 
 single paths/URLs. One unit per clip.
 
 Sampling (``sample_clip``) makes two passes over the file with PyAV:
+Frames come out upright: the stream's display-matrix rotation (phone clips) is applied to each (``upright``).
+
 1. scan: one sequential decode that skips non-reference frames and converts only ``scan_fps`` small thumbnails
    a second, fed to PySceneDetect's detector, gives the cut times. Finding cuts needs the whole clip; nothing
    else is decoded in full;
@@ -283,9 +285,21 @@ def frames_at(container, stream, times: list[float], max_side: int | None = None
                 w, h = frame.width, frame.height
                 scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
                 size = {"width": round(w * scale), "height": round(h * scale)} if scale < 1 else {}
-                out.append((frame.time, frame.to_ndarray(format="rgb24", **size)))
+                out.append((frame.time, upright(frame, frame.to_ndarray(format="rgb24", **size))))
                 break
     return out
+
+
+def upright(frame: av.VideoFrame, image: np.ndarray) -> np.ndarray:
+    """The frame as it is meant to be shown. Phones store portrait clips sideways with a display matrix (stream
+    side data) that players apply; PyAV decodes the stored pixels and only reports the matrix's rotation
+    (``frame.rotation``: degrees counter-clockwise, from the DISPLAYMATRIX side data FFmpeg attaches to every
+    decoded frame), so it is applied here. Mirroring matrices (rare) are not handled."""
+    rotation = frame.rotation
+    if rotation % 90:
+        raise BadInput("unsupported_rotation", f"display matrix rotates by {rotation} degrees, not a multiple of 90")
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
 
 
 # ----------------------------------------------------------------------------------------------- sampling

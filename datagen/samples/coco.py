@@ -1,5 +1,6 @@
 """A COCO-format file with router-style images: people drawn on a real photo backdrop, one image per case the
-source must handle (2, 3 and 4 people, a single person, 5 thin people, a crowd annotation, a corrupt file)."""
+source must handle (2, 3 and 4 people, a single person, 5 thin people, a crowd annotation, a corrupt file), at
+COCO's own sizes (640×480, 640×427, 480×640)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from PIL import Image, ImageDraw
 
 from datagen.samples.photos import backdrop
 
-# people per image; "thin" people have a box aspect below the 0.3 of filter (1)
-CASES = [(2, "wide"), (3, "wide"), (4, "wide"), (1, "wide"), (5, "thin"), (2, "crowd"), (2, "corrupt")]
+# people per image, style, (width, height); "thin" people have a box aspect below the 0.3 of filter (1)
+CASES = [(2, "wide", (480, 640)), (3, "wide", (640, 480)), (4, "wide", (640, 427)), (1, "wide", (640, 480)),
+         (5, "thin", (640, 427)), (2, "crowd", (640, 480)), (2, "corrupt", (480, 640))]
 
 
 def person_polygon(x0: float, y0: float, w: float, h: float) -> list[float]:
@@ -30,8 +32,7 @@ def make(root: str) -> dict:
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rng = np.random.default_rng(0)
     images, anns = [], []
-    for i, (n, style) in enumerate(CASES):
-        w, h = 768, 576
+    for i, (n, style, (w, h)) in enumerate(CASES):
         im = backdrop(w, h, seed=i)
         draw = ImageDraw.Draw(im)
         slot = w / n

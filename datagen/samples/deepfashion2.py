@@ -1,7 +1,8 @@
 """A small DeepFashion2-format tree (``image/``, ``annos/``): garments drawn on real photo backdrops, each garment
 (pair_id, style) in one colour wherever it appears. Cases: a group with two consumer photos (one also wearing a
 style-0 skirt), a group where each side has a garment the other lacks, a shop image with no consumer photo, and a
-group whose consumer photo is a corrupt file."""
+group whose consumer photo is a corrupt file. Photos come at DeepFashion2's spread of real sizes (shop images
+large and often portrait, consumer photos from ~375×500 up), not at sizes chosen to clear a filter."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from PIL import ImageDraw
 
 from datagen.samples.photos import backdrop
 
-W, H = 512, 640
+# (width, height) of each photo
+SIZES = {"000001": (740, 500), "000002": (740, 493), "000003": (375, 500), "000004": (800, 1067),
+         "000005": (468, 624), "000006": (600, 600), "000007": (554, 738), "000008": (640, 480)}
 # garment outlines in a unit box, by category (category_id as DeepFashion2 numbers them)
 SHAPES = {
     "top": [(0.3, 0), (0.7, 0), (1, 0.2), (0.85, 0.35), (0.75, 0.3), (0.75, 1), (0.25, 1), (0.25, 0.3),
@@ -40,8 +43,8 @@ IMAGES = {
 CORRUPT = {"000008"}
 
 
-def _polygon(shape: str, box: tuple[float, float, float, float]) -> list[float]:
-    x0, y0, x1, y1 = box[0] * W, box[1] * H, box[2] * W, box[3] * H
+def _polygon(shape: str, box: tuple[float, float, float, float], size: tuple[int, int]) -> list[float]:
+    x0, y0, x1, y1 = box[0] * size[0], box[1] * size[1], box[2] * size[0], box[3] * size[1]
     return [round(v, 2) for u, v in SHAPES[shape] for v in (x0 + u * (x1 - x0), y0 + v * (y1 - y0))]
 
 
@@ -52,12 +55,12 @@ def make(root: str) -> dict:
     os.makedirs(os.path.join(out, "image"), exist_ok=True)
     os.makedirs(os.path.join(out, "annos"), exist_ok=True)
     for n, (name, (source, pair_id, garments)) in enumerate(sorted(IMAGES.items())):
-        im = backdrop(W, H, seed=100 + n)
+        im = backdrop(*SIZES[name], seed=100 + n)
         draw = ImageDraw.Draw(im)
         anno = {"source": source, "pair_id": pair_id}
         for k, (category, style, *box) in enumerate(garments):
             cid, shape = CATEGORIES[category]
-            poly = _polygon(shape, tuple(box))
+            poly = _polygon(shape, tuple(box), SIZES[name])
             # one colour per garment identity; style-0 garments get their own
             rng = np.random.default_rng(pair_id * 10 + style if style else 1000 + n)
             draw.polygon(poly, fill=tuple(int(c) for c in rng.integers(20, 235, 3)))

@@ -13,7 +13,8 @@ from PIL import ImageDraw
 from datagen.samples.coco import person_polygon
 from datagen.samples.photos import backdrop
 
-PEOPLE = (2, 3, 2, 4)  # people in each good image
+# people in each good image, at LAION-Aesthetics sizes that pass the source's B.1 short-side rule (≥ 1024)
+PEOPLE = ((2, (1536, 1024)), (3, (1024, 1024)), (2, (1024, 1536)), (4, (1365, 1024)))
 
 
 def _group_photo(n: int, seed: int, size: tuple[int, int]):
@@ -36,17 +37,17 @@ def make(root: str) -> dict:
         return {"url_list": listing}
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rows = []
-    for i, n in enumerate(PEOPLE):
+    for i, (n, size) in enumerate(PEOPLE):
         path = os.path.join(out, "images", f"group{i}.jpg")
-        _group_photo(n, 200 + i, (768, 576)).save(path, quality=92)
+        _group_photo(n, 200 + i, size).save(path, quality=92)
         rows.append({"url": f"file://{os.path.abspath(path)}", "caption": f"{n} friends standing together"})
     small = os.path.join(out, "images", "small.jpg")
-    _group_photo(2, 300, (320, 240)).save(small, quality=92)
+    _group_photo(2, 300, (640, 427)).save(small, quality=92)  # a COCO-sized photo: below the 1024 rule
     corrupt = os.path.join(out, "images", "corrupt.jpg")
     with open(corrupt, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 truncated jpeg")
     rows += [
-        {"url": f"file://{os.path.abspath(small)}", "caption": "two people, a thumbnail"},
+        {"url": f"file://{os.path.abspath(small)}", "caption": "two people, a small photo"},
         {"url": f"file://{os.path.abspath(corrupt)}", "caption": "a broken download"},
         {"url": f"file://{os.path.abspath(os.path.join(out, 'images', 'gone.jpg'))}", "caption": "a dead link"},
         dict(rows[0], caption="the first photo, listed again"),

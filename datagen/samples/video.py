@@ -3,8 +3,9 @@
 A clip is a list of shots joined by hard cuts. In each shot a virtual camera pans and zooms over the photo
 (the person in it moves across the frame) while coloured "subjects" (a ball, a box, ...) move over it; shots
 differ by framing, mirroring and tint, so cuts are real content changes. Next to the clips: a near-static
-clip (its frames are near-duplicates), a truncated file, a zero-length file and an audio-only file, so a
-sample run shows every way a clip ends in quarantine.
+clip (its frames are near-duplicates), a phone's portrait clip stored sideways with a display rotation, a
+truncated file, a zero-length file and an audio-only file, so a sample run shows every way a clip ends in
+quarantine.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ ZOOM = [
 STILL = [Shot(3.0, (0.5, 0.5, 0.9), (0.5, 0.5, 0.9))]
 
 CLIPS = {"pan_cut.mp4": PAN_CUT, "zoom.mp4": ZOOM, "still.mp4": STILL}
+# A phone's portrait clip: stored 640×360 with a display matrix that turns it upright (-90°: clockwise).
+PHONE = ("phone_portrait.mp4", ZOOM, (640, 360), -90)
 
 
 def _lerp(a, b, u):
@@ -100,8 +103,11 @@ def render(photo: Image.Image, shot: Shot, u: float, size: tuple[int, int] = SIZ
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, int] = SIZE, gop: int = 48) -> None:
-    """Encode the shots as H.264 (yuv420p) .mp4, a keyframe at least every ``gop`` frames."""
+def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, int] = SIZE, gop: int = 48,
+               rotation: int = 0) -> None:
+    """Encode the shots as H.264 (yuv420p) .mp4, a keyframe at least every ``gop`` frames. ``rotation``: a
+    display matrix rotating the stored frames by that many degrees counter-clockwise, as phones write portrait
+    clips (stored landscape, shown upright with rotation -90)."""
     with Image.open(PHOTO) as im:
         photo = im.convert("RGB")
     with av.open(path, "w") as out:
@@ -109,6 +115,8 @@ def write_clip(path: str, shots: list[Shot], fps: int = FPS, size: tuple[int, in
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast", "g": str(gop), "threads": "1"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for shot in shots:
             n = int(round(shot.seconds * fps))
             for i in range(n):
@@ -153,6 +161,8 @@ def make(root: str) -> dict:
         os.makedirs(out, exist_ok=True)
         for name, shots in CLIPS.items():
             write_clip(os.path.join(out, name), shots)
+        name, shots, size, rotation = PHONE
+        write_clip(os.path.join(out, name), shots, size=size, rotation=rotation)
         write_broken(out)
         open(done, "w").close()
     return {"clips": out}

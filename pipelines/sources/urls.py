@@ -45,7 +45,9 @@ class Config(Params):
     url_col: str = "url"
     caption_col: str | None = "caption"  # None: no caption column (captions from the captioner or the phrases)
     keep_columns: list[str] = []  # more columns copied into provenance (e.g. LAION's LICENSE, similarity)
-    download: DownloadParams = DownloadParams()
+    # Subject-Diffusion B.1's LAION rule: short side ≥ 1024 (it writes "> 1024"; 1024 itself, the trainer's side,
+    # is kept). Lists at LAION scale can afford it; README "Minimum image side" gives each source's reason.
+    download: DownloadParams = DownloadParams(min_side=1024)
     persons: urls.PersonParams = urls.PersonParams()
     captions: Literal["keep", "captioner"] = "keep"
     caption: CaptionParams = CaptionParams()

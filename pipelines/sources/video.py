@@ -5,7 +5,7 @@ video pairs). Decoding and filters run as Ray tasks, the four models as actor po
       video:
         inputs: [data/clips, s3://bucket/clips.parquet]   # folders, list files, single clips
         sampling: {max_frames: 5, content_threshold: 27}
-        labeling: {detection: {box_threshold: 0.35}, filters: {min_image_side: 512}}
+        labeling: {detection: {box_threshold: 0.1}, filters: {min_image_side: 360}}
         resources:
           caption: {num_gpus: 1, batch_size: 16, concurrency: 2}
 

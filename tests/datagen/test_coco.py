@@ -14,7 +14,7 @@ from datagen.labeling import router_data
 from datagen.labeling.filters import FilterParams
 from datagen.units import BadInput, Item, Rejected
 
-W, H = 640, 520
+W, H = 640, 480  # COCO's most common size
 
 
 def person(x0, y0, w, h):
@@ -91,8 +91,9 @@ def test_list_units_filters_by_category_and_refuses_unknown_names(tmp_path):
         coco.list_units(path, str(tmp_path), coco.CocoParams(categories=["persn"]))
 
 
-def scene(tmp_path, boxes, name="im.jpg", crowd=(), corrupt=False, size=(W, H), category=1):
-    """An image file plus its unit: one polygon person per box (x0, y0, w, h)."""
+def scene(tmp_path, boxes, name="im.jpg", crowd=(), corrupt=False, size=(W, H), category=1, ann_size=None):
+    """An image file plus its unit: one polygon person per box (x0, y0, w, h); the annotation says the image
+    is ``ann_size`` (default: its real size)."""
     rng = np.random.default_rng(len(boxes))
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / name)
     if corrupt:
@@ -102,13 +103,26 @@ def scene(tmp_path, boxes, name="im.jpg", crowd=(), corrupt=False, size=(W, H), 
         poly, box = person(*b)
         anns.append({"id": k + 1, "image_id": 1, "category_id": category, "bbox": box, "iscrowd": int(k in crowd),
                      "segmentation": [poly]})
-    images = [{"id": 1, "file_name": name, "width": W, "height": H}]
+    aw, ah = ann_size or size
+    images = [{"id": 1, "file_name": name, "width": aw, "height": ah}]
     path = write(tmp_path, make_doc(images, anns))
     [unit] = coco.list_units(path, str(tmp_path), coco.CocoParams())
     return unit
 
 
-TWO = [(40, 60, 140, 380), (300, 80, 160, 400)]
+TWO = [(40, 60, 140, 380), (300, 80, 160, 380)]
+
+
+@pytest.mark.parametrize("size,boxes", [
+    ((640, 480), TWO),
+    ((640, 427), [(40, 40, 140, 360), (300, 50, 160, 360)]),
+    ((480, 640), [(20, 100, 200, 500), (250, 120, 210, 500)]),
+])
+def test_coco_sizes_with_two_people_become_router_samples_with_the_defaults(tmp_path, size, boxes):
+    """Issue 12's tried case: COCO's real sizes (short side 427–480) used to fail ``image_too_small``."""
+    item = coco.load_sample(Item(scene(tmp_path, boxes, size=size)), coco.CocoParams())
+    [s] = item.samples
+    assert (s.frames[0].width, s.frames[0].height) == size and len(s.subjects) == 2 and not item.drops
 
 
 def test_two_people_become_a_router_sample_with_exact_masks(tmp_path):
@@ -132,7 +146,7 @@ def test_two_people_become_a_router_sample_with_exact_masks(tmp_path):
     ("one person", TWO[:1], {}, Rejected, "too_few_subjects"),
     ("crowd", TWO, {"crowd": (0,)}, Rejected, "crowd"),
     ("corrupt", TWO, {"corrupt": True}, BadInput, "corrupt_image"),
-    ("size mismatch", TWO, {"size": (W, H + 8)}, BadInput, "size_mismatch"),
+    ("size mismatch", TWO, {"size": (W, H + 8), "ann_size": (W, H)}, BadInput, "size_mismatch"),
     ("thin people", [(40 + 120 * k, 60, 30, 400) for k in range(3)], {}, Rejected, "too_few_subjects"),
     ("five people", [(8 + 126 * k, 60, 110, 300) for k in range(5)], {}, Rejected, "too_many_subjects"),
 ])

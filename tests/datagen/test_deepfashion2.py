@@ -112,10 +112,19 @@ def test_filters_and_caps_count_what_they_drop(root):
     assert e.value.reason == "no_pairs_after_filters"
     capped = load(unit, max_pairs_per_group=1)
     assert len(capped.samples) == 1 and capped.drops["deepfashion2/pairs_over_cap"] == 1
-    narrow = load(unit, filters=FilterParams(aspect_min=0.8, area_max=1.0, min_mask_box_ratio=0.0))
-    # the consumer's trousers (box aspect 0.74) fail the aspect rule: the first pair keeps only the top
-    assert [len(s.subjects) for s in narrow.samples] == [1, 1]
-    assert narrow.drops == {"deepfashion2/style_0": 1, "deepfashion2/box_aspect": 1}
+    narrow = load(unit, filters=FilterParams(aspect_min=1.5, area_max=1.0, min_mask_box_ratio=0.0))
+    # 000002's trousers (box aspect 1.40) fail the aspect rule: the first pair keeps only the top; 000003's top
+    # (1.07) and skirt (1.17) fail too, leaving its pair without a subject
+    assert [len(s.subjects) for s in narrow.samples] == [1]
+    assert narrow.drops == {"deepfashion2/style_0": 1, "deepfashion2/box_aspect": 3,
+                            "deepfashion2/pair_without_subjects": 1}
+
+
+def test_a_pair_of_740x500_photos_becomes_a_two_frame_sample_with_the_defaults(root):
+    """Issue 12's tried case: DeepFashion2-sized photos (here 740×500 and 740×493) pass the default filters."""
+    item = load(units_by_pair(root)[1])
+    s = item.samples[0]
+    assert [(f.width, f.height) for f in s.frames] == [(740, 500), (740, 493)] and len(s.subjects) == 2
 
 
 def test_choose_pairs_prefers_shared_styles_and_spreads_ties():

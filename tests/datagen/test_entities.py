@@ -1,6 +1,6 @@
 """Caption → subject phrases (spaCy noun chunks)."""
 
-from datagen.labeling.entities import EntityParams, phrases
+from datagen.labeling.entities import EntityParams, extract, phrases
 
 
 def test_noun_phrases_without_determiners_numbers_or_scene_words():
@@ -25,3 +25,12 @@ def test_allow_and_deny_lists_and_caps():
     assert phrases(caption, EntityParams(max_words=1)) == ["woman", "dress", "dog", "car"]
     assert phrases(caption, EntityParams(max_phrases=2)) == ["woman", "red dress"]
     assert phrases("") == []
+
+
+def test_rule_7_drops_groups_and_body_parts_counted():
+    caption = "A crowd watches a man raising his hand, his face and hair lit, while a team of players holds a ball."
+    found, dropped = extract(caption)
+    assert found == ["man", "players", "ball"]
+    assert dropped == {"group": 2, "body_part": 3}
+    kept_all, none = extract(caption, EntityParams(body_parts=[], groups=[]))
+    assert kept_all == ["crowd", "man", "hand", "face", "hair", "team", "players", "ball"] and not none

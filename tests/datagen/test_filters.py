@@ -85,10 +85,15 @@ def test_mask_pixels_outside_the_box_do_not_count():
 
 
 def test_min_image_side_boundary():
-    filters.check_image_size(512, 900, P)
+    filters.check_image_size(256, 900, P)
     with pytest.raises(Rejected) as e:
-        filters.check_image_size(900, 511, P)
+        filters.check_image_size(900, 255, P)
     assert e.value.reason == "image_too_small"
+
+
+@pytest.mark.parametrize("w,h", [(640, 480), (640, 427), (480, 640), (375, 500), (740, 500)])
+def test_default_min_side_keeps_coco_and_deepfashion2_sizes(w, h):
+    filters.check_image_size(w, h, P)
 
 
 def test_cap_keeps_the_largest_four_in_order():
@@ -123,3 +128,34 @@ def test_every_threshold_comes_from_params():
     assert filters.by_score([x], strict)[0] == []
     assert filters.by_area([x], W, H, FilterParams(area_min=0.0))[0] == [x]
     assert filters.by_aspect([Instance("x", box(100, 20))], FilterParams(aspect_max=5.0))[0] != []
+
+
+def test_three_people_each_detected_twice_are_three_entities_not_six():
+    """B.1 (3) before (4): the six boxes are three people found twice each; after de-duplication the phrase
+    appears 3 times (≤ 5), so the three people stay. Counting first would drop all six as repeated."""
+    xs = []
+    for k in range(3):
+        b = box(200, 300, x=300 * k)
+        xs += [Instance("person", b, 0.9), Instance("person", [b[0], b[1], b[2], b[3] - 10], 0.6)]  # IoU 0.967
+    kept, drops = filters.filter_boxes(xs, W, H, P)
+    assert [x.score for x in kept] == [0.9, 0.9, 0.9]
+    assert drops == {"duplicate_iou": 3}
+
+
+def test_six_distinct_people_are_still_a_repeated_phrase():
+    xs = [Instance("person", box(160, 400, x=165 * k), 0.9) for k in range(6)]
+    kept, drops = filters.filter_boxes(xs, W, H, P)
+    assert kept == [] and drops == {"phrase_repeated": 6}
+
+
+def test_default_detector_cut_lets_rule_5_act():
+    """The detector keeps boxes scoring between its threshold and 0.2, so rule (5) drops them (counted)."""
+    from datagen.labeling.detection import DetectionParams, to_instances
+
+    probs = np.zeros((3, 4))
+    probs[0, 1], probs[1, 1], probs[2, 1] = 0.9, 0.19, 0.2
+    boxes = np.array([[0.2, 0.5, 0.2, 0.4], [0.5, 0.5, 0.2, 0.4], [0.8, 0.5, 0.2, 0.4]])
+    found = to_instances(probs, boxes, [[1]], ["dog"], W, H, DetectionParams())
+    assert sorted(round(x.score, 2) for x in found) == [0.19, 0.2, 0.9]
+    kept, drops = filters.filter_boxes(found, W, H, P)
+    assert sorted(round(x.score, 2) for x in kept) == [0.2, 0.9] and drops == {"low_score": 1}

@@ -47,6 +47,8 @@ def test_find_phrases_per_clip_and_per_frame():
     assert it.scratch["phrases"] == [["woman", "red ball", "dog"]] * 2
     it = labeling.find_phrases(item(2, captions), labeling.EntityParams(), per="frame")
     assert it.scratch["phrases"] == [["woman", "red ball"], ["dog", "woman"]]
+    it = labeling.find_phrases(item(2, ["A man raises his hand.", "A crowd watches a man."]), labeling.EntityParams())
+    assert it.scratch["phrases"] == [["man"]] * 2 and it.drops == {"entities/body_part": 1, "entities/group": 1}
     with pytest.raises(Rejected) as e:
         labeling.find_phrases(item(2, ["It is here.", "Nothing at all."]), labeling.EntityParams())
     assert e.value.reason == "no_phrases" and "It is here." in e.value.detail
@@ -98,12 +100,19 @@ def test_matching_reidentifies_permuted_subjects_and_falls_back_for_unmatched():
     assert {s.phrase: sorted(s.masks) for s in back.subjects} == {s.phrase: sorted(s.masks) for s in sample.subjects}
 
 
-def test_below_threshold_pairs_stay_apart():
-    it = item(2)
-    it.scratch["instances"] = [[inst("dog", 0)], [inst("dog", 100)]]
-    similar = np.array([[0.59, np.sqrt(1 - 0.59**2)]])
-    it.scratch["embeddings"] = [np.array([[1.0, 0.0]]), similar]
-    labeling.match_subjects(it, MatchParams(min_similarity=0.6), FP)
+def test_below_threshold_pairs_stay_apart_and_a_clip_without_a_match_is_filtered():
+    def unmatched():
+        it = item(2)
+        it.scratch["instances"] = [[inst("dog", 0)], [inst("dog", 100)]]
+        similar = np.array([[0.59, np.sqrt(1 - 0.59**2)]])
+        it.scratch["embeddings"] = [np.array([[1.0, 0.0]]), similar]
+        return it
+
+    with pytest.raises(Rejected) as e:
+        labeling.match_subjects(unmatched(), MatchParams(min_similarity=0.6), FP)
+    assert e.value.reason == "no_match"
+    it = unmatched()
+    labeling.match_subjects(it, MatchParams(min_similarity=0.6, self_references=True), FP)
     subjects = it.samples[0].subjects
     assert [sorted(s.masks) for s in subjects] == [[0], [1]]
     assert all(s.fields == {"reference": "target_crop"} for s in subjects)
@@ -196,3 +205,17 @@ def test_a_model_error_on_one_batch_quarantines_only_that_item(chain, clip, tmp_
     assert good.alive and all(fr.caption for fr in good.samples[0].frames)
     assert bad.outcome.stage == "caption" and bad.outcome.reason == "ValueError"
     assert "aspect ratio" in bad.outcome.detail
+
+
+def test_matching_needs_agreeing_phrases_by_default():
+    it = item(2)
+    # same appearance, different head nouns: two subjects, neither matched
+    it.scratch["instances"] = [[inst("dog", 0), inst("red ball", 100)], [inst("ball", 10), inst("cat", 100)]]
+    it.scratch["embeddings"] = [onehot(0, 1), onehot(1, 0)]
+    labeling.match_subjects(it, MatchParams(), FP)
+    got = {s.phrase: sorted(s.masks) for s in it.samples[0].subjects}
+    assert got == {"red ball": [0, 1], "dog": [0], "cat": [1]}
+    it.scratch["instances"] = [[inst("dog", 0), inst("red ball", 100)], [inst("ball", 10), inst("cat", 100)]]
+    it.scratch["embeddings"] = [onehot(0, 1), onehot(1, 0)]
+    with pytest.raises(Rejected):  # exact phrases: "red ball" ≠ "ball", and dog ≠ cat: nothing matches
+        labeling.match_subjects(it, MatchParams(phrases_agree="exact"), FP)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from datagen.labeling.matching import NEUTRAL, masked_crop, match
+from datagen.labeling.matching import NEUTRAL, masked_crop, match, phrase_key
 
 
 def unit(v):
@@ -72,3 +72,42 @@ def test_masked_crop_greys_out_the_background():
     assert (crop[inside] == 200).all() and (crop[~inside] == NEUTRAL).all()
     with pytest.raises(ValueError):
         masked_crop(image, mask, [5, 5, 5, 9])
+
+
+def test_a_tall_crop_is_padded_to_a_centred_square():
+    image = np.full((40, 40, 3), 200, np.uint8)
+    mask = np.ones((40, 40), bool)
+    crop = masked_crop(image, mask, [10, 5, 20, 35])  # 10 wide, 30 tall: a standing person's 1:3 box
+    assert crop.shape == (30, 30, 3)
+    assert (crop[:, 10:20] == 200).all() and (crop[:, :10] == NEUTRAL).all() and (crop[:, 20:] == NEUTRAL).all()
+
+
+def test_the_embedder_sees_the_whole_of_a_tall_subject():
+    """Two people alike in their middle third and different above and below: a centre crop of the unpadded
+    1:3 box would make them identical to the embedder."""
+    from datagen.labeling.matching import Embedder
+    from datagen.models import ModelSpec
+
+    embedder = Embedder(ModelSpec(role="embedder", id="facebook/dinov2-base", revision="main", mode="tiny"))
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (300, 100, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:100], b[200:] = 255 - a[:100], 255 - a[200:]
+    mask = np.ones((300, 100), bool)
+    ea, eb = embedder([masked_crop(im, mask, [0, 0, 100, 300]) for im in (a, b)])
+    assert float(ea @ eb) < 0.999
+
+
+def test_phrases_must_agree_when_appearance_alone_would_swap_subjects():
+    # frame 1's dog looks more like frame 0's cat and vice versa: appearance alone pairs dog↔cat
+    dog0, cat0 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    dog1 = np.array([0.7, 0.714])  # cos 0.7 to dog0, 0.714 to cat0
+    cat1 = np.array([0.95, 0.312])  # cos 0.95 to dog0
+    emb = [np.stack([dog0, cat0]), np.stack([cat1 / np.linalg.norm(cat1), dog1 / np.linalg.norm(dog1)])]
+    blind = match(emb, 0.6)
+    assert {tuple(sorted(t.members.items())) for t in blind} == {((0, 0), (1, 0)), ((0, 1), (1, 1))}  # swapped
+    keys = [[phrase_key("small dog", "head"), phrase_key("cat", "head")],
+            [phrase_key("cat", "head"), phrase_key("dog", "head")]]
+    tracks = match(emb, 0.6, keys)
+    assert {tuple(sorted(t.members.items())) for t in tracks} == {((0, 0), (1, 1)), ((0, 1),), ((1, 0),)}
+    assert phrase_key("small dog", "exact") != phrase_key("dog", "exact") and phrase_key("dog", "off") is None

@@ -166,3 +166,23 @@ def test_keyframe_scan_samples_the_same_frames(clips):
     keys = video.sample_clip(clips["pan_cut.mp4"], SamplingParams(scan="keyframes"), FP)
     assert [n for _, n, _ in keys.frames] == [n for _, n, _ in full.frames]
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(keys.frames, full.frames))
+
+
+@pytest.mark.parametrize("rotation,corner", [(-90, (0, -1)), (90, (-1, 0)), (180, (-1, -1))])
+def test_display_matrix_rotation_is_applied_to_every_frame(tmp_path, rotation, corner):
+    """A phone clip: frames stored 320×240 with a red block at the stored top-left, and a display matrix. The
+    sampled frames come out as shown: portrait for ±90, and the block at the corner the rotation takes it to."""
+    path = str(tmp_path / "phone.mp4")
+    marked = [Shot(2.5, (0.5, 0.5, 1.0), (0.5, 0.4, 0.7), things=[Thing("box", (230, 20, 20), (0.12, 0.15),
+                                                                             (0.13, 0.16), 0.15)])]
+    write_clip(path, marked, size=SIZE, rotation=rotation)
+    s = video.sample_clip(path, SamplingParams(max_frames=3, min_sharpness=0), FP)
+    shape = (320, 240, 3) if rotation % 180 else (240, 320, 3)
+    assert len(s.frames) >= 2 and all(im.shape == shape for _, _, im in s.frames)
+    for _, _, im in s.frames:
+        h, w = im.shape[:2]
+        for cy, cx in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+            y = slice(h // 32, h // 8) if cy == 0 else slice(h - h // 8, h - h // 32)
+            x = slice(w // 32, w // 8) if cx == 0 else slice(w - w // 8, w - w // 32)
+            r, g, b = im[y, x].reshape(-1, 3).mean(0)
+            assert bool(r > g + 100 and r > b + 100) == ((cy, cx) == corner), (rotation, (cy, cx), (r, g, b))

@@ -304,3 +304,35 @@ def test_skipped_batches_are_not_decoded(colour_dataset, monkeypatch):
     monkeypatch.setattr("training.loader.realize", lambda p, *a: calls.append(p.key) or augment.realize(p, *a))
     batches = list(stream.round_batches(0, 1, 0, skip=4))
     assert len(batches) == 2 and len(calls) == 4 and [b["position"][2] for b in batches] == [4, 5]
+
+
+@pytest.mark.parametrize("size,bucket", [((640, 480), (896, 1152)), ((640, 427), (832, 1280)),
+                                         ((480, 640), (1152, 896))])
+def test_a_coco_sized_router_image_is_upscaled_to_its_1024_area_bucket(size, bucket):
+    """README "Training at 1024²": a 640×480 router image goes to the SDXL bucket nearest its aspect (area ≈ 1024²),
+    resized up to cover it and centre/random-cropped; SDXL's micro-conditioning records the original size, and the
+    routing targets are the masks through the same transform."""
+    w, h = size
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = BACKGROUND
+    boxes = [(w // 8, h // 4, w // 8 + w // 4, h - h // 8), (w // 2 + w // 10, h // 5, w - w // 8, h - h // 10)]
+    subjects = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        img[y0:y1, x0:x1] = COLOURS[i]
+        m = np.zeros((h, w), bool)
+        m[y0:y1, x0:x1] = True
+        subjects.append(shards.Subject(i, "person", {0: m}))
+    raw = shards.encode_sample(shards.Sample("coco", "router", [shards.Frame(img, "two people")], subjects))
+    params = AugmentParams(center_crop=True, rotation=0, reference_size=64, clip_size=32)
+    buckets = plan.sdxl_buckets(params.resolution, params.bucket_step, params.max_aspect)
+    p = plan.choose(raw, params, buckets, np.random.default_rng(0))
+    assert p.bucket == bucket and abs(bucket[0] * bucket[1] / 1024**2 - 1) < 0.07
+    out = augment.realize(p, params, (1,))
+    bh, bw = bucket
+    assert out["pixel_values"].shape == (3, bh, bw)
+    assert out["time_ids"].tolist()[:2] == [h, w] and out["time_ids"].tolist()[4:] == [bh, bw]
+    pixels = out["pixel_values"].permute(1, 2, 0).numpy()
+    for k in range(2):
+        colour = _colour_fraction(pixels, COLOURS[k]).reshape(bh // 8, 8, bw // 8, 8).mean((1, 3))
+        on = out["routing"][1][k].numpy() > 0
+        assert on.sum() > 100 and on[colour > 0.75].all() and not on[colour < 0.25].any()
