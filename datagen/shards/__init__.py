@@ -1,4 +1,4 @@
-"""Shard format v1 (the contract of ../shared/DESIGN.md §3): samples, their WebDataset encoding,
+"""Shard format v1 (a contract, documented in README "Dataset layout"): samples, their WebDataset encoding,
 the size-capped atomic shard writer, and the dataset-level files (index, quarantine, manifest).
 
 A dataset directory holds ``shards/<source>-<NNNNNN>.tar``, ``index.parquet``, ``quarantine.parquet``
