@@ -61,6 +61,8 @@ class Config(Params):
     def _one_input(self):
         if (self.url_list is None) == (self.img2dataset is None):
             raise ValueError("give exactly one of url_list and img2dataset")
+        if self.img2dataset and (self.url_col, self.caption_col) != ("url", "caption"):
+            raise ValueError("url_col and caption_col apply to url_list (img2dataset stores url and caption)")
         return self
 
 
@@ -70,7 +72,7 @@ class UrlsSource:
     Config = Config
 
     def units(self, cfg: Config) -> list[Unit]:
-        if cfg.img2dataset:  # url_col / caption_col do not apply: img2dataset stored url, caption (txt)
+        if cfg.img2dataset:
             return img2dataset.list_units(cfg.img2dataset, tuple(cfg.keep_columns))
         return urls.list_units(cfg.url_list, cfg.url_col, cfg.caption_col, tuple(cfg.keep_columns))
 

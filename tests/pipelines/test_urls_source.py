@@ -127,6 +127,8 @@ def test_img2dataset_output_end_to_end_without_a_download(ray_local, server, tmp
         Config(url_list=str(tmp_path / "laion-out" / "00000.parquet"), img2dataset=str(folder))
     with pytest.raises(ValueError, match="exactly one of url_list and img2dataset"):
         Config()
+    with pytest.raises(ValueError, match="url_col and caption_col apply to url_list"):
+        Config(img2dataset=str(folder), caption_col="TEXT")
 
     hits = sum(server.hits.values())
     cfg = PipelineConfig(out=str(tmp_path / "ds"))
