@@ -17,9 +17,11 @@ own ``NNNNN_stats.json`` and metadata parquet, and are not fetched again here. A
 list gives the same URL (``stable_key("url", url)``), so a URL list and its img2dataset output never make two
 samples of one URL; its id names the folder (a hash of its full path) and img2dataset's key.
 
-Listing reads only metadata: tar headers and the small ``.json`` / ``.txt`` members (the image members are skipped
-by seeking, and their offsets kept so a stage reads each image with one ranged read), or the parquet columns
-without the image column. ``webdataset.WebDataset`` would read every image to list a tar, hence ``tarfile`` here.
+Listing (in the driver) reads only metadata: for tars, the ``NNNNN.parquet`` img2dataset wrote beside each (one
+columnar read), and the download stage finds the members in the tar's headers, once per tar per actor; for tars
+without that parquet (copied alone), the tar headers and the small ``.json`` / ``.txt`` members in the driver. For
+parquet output, its columns without the image column; for files, the small files. An image is then one ranged
+read. ``webdataset.WebDataset`` would read every image to list a tar, hence ``tarfile`` (seeking over members).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def detect_format(folder: str) -> str:
 
 
 def list_units(folder: str, keep_columns: tuple[str, ...] = ()) -> list[Unit]:
-    """One unit per stored sample, in shard and key order; a URL stored twice (LAION repeats URLs) is marked a
+    """One unit per stored sample, in the order img2dataset stored them; a URL stored twice (LAION repeats URLs) is marked a
     duplicate of its first unit, as in a URL list. ``keep_columns``: metadata fields copied into provenance (the
     columns img2dataset kept with ``save_additional_columns``, e.g. LAION's ``LICENSE``)."""
     fmt = detect_format(folder)
@@ -104,40 +106,41 @@ def _group(names_and_values) -> OrderedDict:
     return groups
 
 
-def _rows_of(shard: str, groups: OrderedDict, read_small) -> list:
+def _rows_of(shard: str, groups: OrderedDict, read_small, locate) -> list:
+    """(shard, key, metadata, caption, where the image is) per sample; only stored samples are in tars/folders."""
     rows = []
     for key, members in groups.items():
-        meta = json.loads(read_small(members["json"])) if "json" in members else {}  # only stored rows are here
+        meta = json.loads(read_small(members["json"])) if "json" in members else {}
         text = read_small(members["txt"]).decode("utf-8") if "txt" in members else None
         ext = next((e for e in IMAGE_EXTS if e in members), None)
-        rows.append((shard, key, meta, _caption(text, meta), (ext, members[ext]) if ext else None))
+        rows.append((shard, key, meta, _caption(text, meta), locate(members[ext]) if ext else None))
     return rows
 
 
 def _tar_rows(fs, root: str) -> list:
     rows = []
     for path in sorted(fs.glob(f"{root}/*.tar")):
-        shard = path.rsplit("/", 1)[-1]
+        url, shard = fs.unstrip_protocol(path), path.rsplit("/", 1)[-1]
+        meta_path = path[:-len(".tar")] + ".parquet"
+        if fs.exists(meta_path):  # img2dataset's metadata of the shard: the stored rows are status == success
+            with fs.open(meta_path, "rb") as f:
+                metas = pq.read_table(f).to_pylist()
+            rows += [(shard, m["key"], m, m.get("caption"), {"format": "webdataset", "path": url, "key": m["key"]})
+                     for m in metas if m.get("status") == "success"]
+            continue
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:  # "r:" seeks over the images
             groups = _group((m.name, m) for m in tar if m.isfile())
-            found = _rows_of(shard, groups, lambda m: tar.extractfile(m).read())
-        for i, (s, key, meta, caption, image) in enumerate(found):
-            stored = None if image is None else {"format": "webdataset", "path": fs.unstrip_protocol(path),
-                                                 "offset": image[1].offset_data, "size": image[1].size}
-            found[i] = (s, key, meta, caption, stored)
-        rows += found
+            rows += _rows_of(shard, groups, lambda m: tar.extractfile(m).read(),
+                             lambda m: {"format": "webdataset", "path": url, "offset": m.offset_data, "size": m.size})
     return rows
 
 
 def _files_rows(fs, root: str) -> list:
     rows = []
     for folder in sorted(p for p in fs.ls(root) if _SHARD.match(p.rsplit("/", 1)[-1]) and fs.isdir(p)):
-        shard = folder.rsplit("/", 1)[-1]
         groups = _group((p.rsplit("/", 1)[-1], p) for p in sorted(fs.ls(folder)))
-        found = _rows_of(shard, groups, lambda p: fs.cat_file(p))
-        rows += [(s, key, meta, caption, None if image is None else {"format": "files",
-                                                                     "path": fs.unstrip_protocol(image[1])})
-                 for s, key, meta, caption, image in found]
+        rows += _rows_of(folder.rsplit("/", 1)[-1], groups, fs.cat_file,
+                         lambda p: {"format": "files", "path": fs.unstrip_protocol(p)})
     return rows
 
 
@@ -165,12 +168,13 @@ def _parquet_rows(fs, root: str) -> list:
 
 class StoredImages:
     """Reads the image bytes of a listed sample; thread-safe (the download stage reads a batch on a thread pool).
-    A parquet row group is read once for all its rows: the last ``cache`` groups are kept, read under a lock so
-    threads asking for the same group wait for one read instead of each reading it."""
+    A parquet row group, or the member index of a tar listed from its metadata parquet, is read once for all its
+    samples: the last ``cache`` of each are kept, read under a lock so threads asking for the same one wait for
+    one read instead of each reading it."""
 
     def __init__(self, cache: int = 2):
         self.cache = cache
-        self._groups: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self._groups: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, stored: dict | None, name: str) -> bytes:
@@ -178,11 +182,12 @@ class StoredImages:
             raise BadInput("missing_image", f"{name}: img2dataset sample without an image member")
         try:
             if stored["format"] == "webdataset":
+                offset, size = (stored["offset"], stored["size"]) if "offset" in stored else self._member(stored, name)
                 with fsspec.open(stored["path"], "rb") as f:
-                    f.seek(stored["offset"])
-                    data = f.read(stored["size"])
-                if len(data) != stored["size"]:
-                    raise BadInput("truncated", f"{name}: {len(data)} of {stored['size']} bytes in {stored['path']}")
+                    f.seek(offset)
+                    data = f.read(size)
+                if len(data) != size:
+                    raise BadInput("truncated", f"{name}: {len(data)} of {size} bytes in {stored['path']}")
                 return data
             if stored["format"] == "files":
                 with fsspec.open(stored["path"], "rb") as f:
@@ -194,13 +199,35 @@ class StoredImages:
             raise BadInput("missing_image", f"{name}: null {stored['column']} in {stored['path']}")
         return data
 
+    def _member(self, stored: dict, name: str) -> tuple[int, int]:
+        images = self._cached(("tar", stored["path"]), lambda: _tar_images(stored["path"]))
+        if stored["key"] not in images:
+            raise BadInput("missing_image", f"{name}: no image of key {stored['key']} in {stored['path']}")
+        return images[stored["key"]]
+
     def _column(self, path: str, group: int, column: str):
-        key = (path, group, column)
+        def read():
+            with fsspec.open(path, "rb") as f:
+                return pq.ParquetFile(f).read_row_group(group, columns=[column]).column(0)
+        return self._cached((path, group, column), read)
+
+    def _cached(self, key: tuple, read):
         with self._lock:
             if key not in self._groups:
-                with fsspec.open(path, "rb") as f:
-                    self._groups[key] = pq.ParquetFile(f).read_row_group(group, columns=[column]).column(0)
+                self._groups[key] = read()
                 while len(self._groups) > self.cache:
                     self._groups.popitem(last=False)
             self._groups.move_to_end(key)
             return self._groups[key]
+
+
+def _tar_images(url: str) -> dict[str, tuple[int, int]]:
+    """key → (offset, size) of each image member of a tar, from its headers (seeking over the data)."""
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        groups = _group((m.name, m) for m in tar if m.isfile())
+    found = {}
+    for key, members in groups.items():
+        ext = next((e for e in IMAGE_EXTS if e in members), None)
+        if ext:
+            found[key] = (members[ext].offset_data, members[ext].size)
+    return found

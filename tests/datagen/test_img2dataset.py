@@ -54,12 +54,17 @@ def settle(units):
     return {it.unit.ref["row"]: it for it in urls.Download(P, ["person"])([Item(u) for u in units])}
 
 
-@pytest.mark.parametrize("fmt", img2dataset.FORMATS)
+@pytest.mark.parametrize("fmt", [*img2dataset.FORMATS, "tars-only"])
 def test_stored_images_are_read_not_fetched_with_the_url_lists_keys(server, tmp_path, fmt):
+    """``tars-only``: webdataset tars copied without img2dataset's metadata parquets (listed from the tars)."""
     rows = laion_rows(server)
     out = tmp_path / "laion-out"
-    metas = img2dataset_layout.write(str(out), rows, fmt, number_sample_per_shard=4, extra=("LICENSE",))
-    assert img2dataset.detect_format(str(out)) == fmt
+    layout = "webdataset" if fmt == "tars-only" else fmt
+    metas = img2dataset_layout.write(str(out), rows, layout, number_sample_per_shard=4, extra=("LICENSE",))
+    if fmt == "tars-only":
+        for p in out.glob("*.parquet"):
+            p.unlink()
+    assert img2dataset.detect_format(str(out)) == layout
     units = img2dataset.list_units(str(out), keep_columns=("LICENSE",))
     key = {m["url"]: m["key"] for m in reversed(metas)}  # the first row of a repeated URL
     # failed rows (1, 7) are no units; ids name the folder and img2dataset's key
