@@ -1,4 +1,4 @@
-"""Model registry (DESIGN §5): the one place naming each model the data engine and trainer use.
+"""Model registry: the one place naming each model the data engine and trainer use.
 
 ``resolve(roles, registry, mode)`` runs once at start-up, in the driver:
 - ``real``: every weight must be on this machine (a local ``path`` or the Hugging Face cache); otherwise it

@@ -27,7 +27,7 @@ class SourceSpec(Section):
 class AugmentParams(Section):
     """Per-sample choices and reference augmentation (paper §3.4: rotation, cropping, zero-padding)."""
 
-    max_subjects: int = Field(4, ge=1)  # N_max: subjects per sample (DESIGN §4 caps them at 4)
+    max_subjects: int = Field(4, ge=1)  # N_max: subjects per sample (the data engine keeps at most 4, after MS-Diffusion)
     drop_rate: float = Field(0.1, ge=0, le=1)  # §4.1: subject conditions dropped on 10 % of images (CFG)
     margin: float = Field(0.1, ge=0)  # reference crop = subject box grown by this fraction of its size per side
     rotation: float = Field(15.0, ge=0, le=180)  # max |angle| in degrees

@@ -8,8 +8,8 @@ on image-embedding similarity.
 - ``match(embeddings, min_similarity)``: tracks over the frames in time order. Frame 0's instances open tracks;
   each later frame is assigned to the open tracks by ``scipy.optimize.linear_sum_assignment`` on cosine
   similarity to each track's mean embedding; an assigned pair below ``min_similarity`` is not a match, and
-  every instance left unmatched opens its own track. Beside appearance, the box's phrase is a cue (DESIGN §4:
-  box/phrase cues): with ``phrases_agree`` only instances whose phrases agree can match (``head``: the same head
+  every instance left unmatched opens its own track. Beside appearance, the box's phrase is a cue
+  (appearance alone confuses look-alike subjects): with ``phrases_agree`` only instances whose phrases agree can match (``head``: the same head
   noun, "red ball" = "ball"; ``exact``; ``off``). A track seen in one frame only is an unmatched subject:
   the source uses its own crop as the reference (MS-Diffusion: "for the targets where matching fails, we
   directly use the corresponding parts of the ground truth as references").

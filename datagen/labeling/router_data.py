@@ -1,4 +1,4 @@
-"""Router data (AnyStory stage 2, DESIGN §4): one unpaired image with 2–N subjects, one exact or SAM mask each.
+"""Router data (AnyStory §3.4, router training): one unpaired image with 2–N subjects, one exact or SAM mask each.
 
 Every source of router samples (COCO-format files, URL lists) ends here: the instances of one image pass the
 Subject-Diffusion B.1 filters, then the image is kept only if 2 to ``filters.max_subjects`` subjects remain —

@@ -198,10 +198,15 @@ def resize(image: np.ndarray, short_side: int | None, max_side: int | None) -> n
 
 def fetch_image(fetcher: Fetcher, url: str) -> tuple[np.ndarray, tuple[int, int]]:
     """URL → (RGB image after the downscale, original (width, height)); BadInput/Rejected with the reason."""
-    p = fetcher.p
-    image = images.decode_rgb(fetcher.fetch(url), url)
+    return decode_image(fetcher.fetch(url), url, fetcher.p)
+
+
+def decode_image(data: bytes, name: str, p: DownloadParams) -> tuple[np.ndarray, tuple[int, int]]:
+    """Image bytes (fetched, or stored by img2dataset) → (RGB image after the downscale, its (width, height)
+    before it), with the size rule of ``p``."""
+    image = images.decode_rgb(data, name)
     h, w = image.shape[:2]
     if min(w, h) < p.min_side:
-        raise Rejected("image_too_small", f"{url}: {w}x{h}, short side < {p.min_side}")
+        raise Rejected("image_too_small", f"{name}: {w}x{h}, short side < {p.min_side}")
     return resize(image, p.short_side, p.max_side), (w, h)
 

@@ -1,10 +1,11 @@
 """URL lists (img2dataset / LAION style: ``url, caption`` in parquet, CSV/TSV or JSONL) → router samples.
 
-One unit per row. ``Download`` fetches a batch of rows at once on a thread pool (``datagen.readers.download``); then the
-labeling chain shared with the video source finds people (``labeling.DetectSubjects`` for the ``phrases``,
-Grounding DINO; ``labeling.SegmentSubjects``, SAM from the boxes), and ``router_data`` keeps images with 2–N
-people after the B.1 filters: ``select_boxes`` before SAM (masks only for images that can survive), ``persons``
-after it. Captions: the row's caption (alt text) unless a captioner re-captions the kept images.
+One unit per row; or one unit per image of an img2dataset output folder (``datagen.readers.img2dataset``), read
+instead of fetched, with the same sample key as its URL would have in a list. ``Download`` fetches a batch of rows
+at once on a thread pool (``datagen.readers.download``); then the labeling chain shared with the video source
+finds people (``labeling.DetectSubjects`` for the ``phrases``, Grounding DINO; ``labeling.SegmentSubjects``, SAM
+from the boxes), and ``router_data`` keeps images with 2–N people after the B.1 filters: ``select_boxes`` before
+SAM (masks only for images that can survive), ``persons`` after it. Captions: the row's caption (alt text) unless a captioner re-captions the kept images.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pyarrow as pa
 
 from datagen.labeling import router_data
 from datagen.labeling.detection import DetectionParams
-from datagen.readers.download import DownloadParams, Fetcher, fetch_image
+from datagen.readers.download import DownloadParams, Fetcher, decode_image, fetch_image
+from datagen.readers.img2dataset import StoredImages
 from datagen.labeling.router_data import RouterRules
 from datagen.labeling.segmentation import SegmentationParams
 from datagen.shards import Frame, Sample, stable_key
@@ -79,6 +81,7 @@ class Download:
 
     def __init__(self, p: DownloadParams, phrases: list[str]):
         self.fetcher = Fetcher(p)
+        self.stored = StoredImages()  # units listed from an img2dataset output: read, never fetched again
         self.pool = ThreadPoolExecutor(p.threads, thread_name_prefix="download")
         self.phrases = list(phrases)
 
@@ -100,7 +103,11 @@ class Download:
             raise Rejected("duplicate_url", f"{ref['url']} is also unit {ref['duplicate_of']}")
         if not ref["url"]:
             raise BadInput("bad_url", "empty URL")
-        image, (w, h) = fetch_image(self.fetcher, ref["url"])
+        if "stored" in ref:
+            name = f"{ref['dataset']}:{ref['row']} ({ref['url']})"
+            image, (w, h) = decode_image(self.stored.read(ref["stored"], name), name, self.fetcher.p)
+        else:
+            image, (w, h) = fetch_image(self.fetcher, ref["url"])
         provenance = {"url": ref["url"], "dataset": ref["dataset"], "row": ref["row"], "alt_text": ref["caption"],
                       "original_size": [w, h], **ref["extra"]}
         item.samples = [Sample(key=stable_key("url", ref["url"]), source="router",

@@ -1,4 +1,4 @@
-"""Shard format v1 (a contract, documented in README "Dataset layout"): samples, their WebDataset encoding,
+"""Shard format v1 (the contract written out in docs/format.md): samples, their WebDataset encoding,
 the size-capped atomic shard writer, and the dataset-level files (index, quarantine, manifest).
 
 A dataset directory holds ``shards/<source>-<NNNNNN>.tar``, ``index.parquet``, ``quarantine.parquet``
@@ -91,7 +91,7 @@ class Subject:
 
 @dataclass
 class Sample:
-    """A group of frames of the same subjects (DESIGN §3). ``scores`` become ``score_<name>`` index columns."""
+    """A group of frames of the same subjects (docs/format.md). ``scores`` become ``score_<name>`` index columns."""
 
     key: str
     source: str

@@ -3,6 +3,9 @@
     sources:
       urls:
         url_list: s3://bucket/laion-part-00000.parquet   # .parquet / .csv / .tsv / .jsonl with url (+ caption)
+        # or, instead of url_list, what img2dataset already downloaded (webdataset tars, parquet with images or
+        # files folders), read rather than fetched again; same sample keys as the URLs in a list:
+        # img2dataset: s3://bucket/laion-img2dataset-out
         download: {timeout_s: 10, retries: 2, threads: 64, min_side: 1024, short_side: 1024}
         persons: {phrases: [person], filters: {max_subjects: 4}}
         captions: keep                               # or "captioner": Qwen2-VL re-captions the kept images
@@ -20,8 +23,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
+from pydantic import model_validator
+
 from datagen.labeling import chain as labeling
-from datagen.readers import urls
+from datagen.readers import img2dataset, urls
 from datagen.labeling.captions import CaptionParams
 from datagen.readers.download import DownloadParams
 from datagen.models import ModelSpec, describe
@@ -41,7 +46,8 @@ class UrlsResources(Params):
 
 
 class Config(Params):
-    url_list: ExistingPath  # the URL list
+    url_list: ExistingPath | None = None  # the URL list
+    img2dataset: ExistingPath | None = None  # or an img2dataset output folder (its output_format detected)
     url_col: str = "url"
     caption_col: str | None = "caption"  # None: no caption column (captions from the captioner or the phrases)
     keep_columns: list[str] = []  # more columns copied into provenance (e.g. LAION's LICENSE, similarity)
@@ -53,6 +59,14 @@ class Config(Params):
     caption: CaptionParams = CaptionParams()
     resources: UrlsResources = UrlsResources()
 
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.url_list is None) == (self.img2dataset is None):
+            raise ValueError("give exactly one of url_list and img2dataset")
+        if self.img2dataset and (self.url_col, self.caption_col) != ("url", "caption"):
+            raise ValueError("url_col and caption_col apply to url_list (img2dataset stores url and caption)")
+        return self
+
 
 class UrlsSource:
     name = "urls"
@@ -60,6 +74,8 @@ class UrlsSource:
     Config = Config
 
     def units(self, cfg: Config) -> list[Unit]:
+        if cfg.img2dataset:
+            return img2dataset.list_units(cfg.img2dataset, tuple(cfg.keep_columns))
         return urls.list_units(cfg.url_list, cfg.url_col, cfg.caption_col, tuple(cfg.keep_columns))
 
     def roles(self, cfg: Config) -> list[str]:

@@ -1,4 +1,4 @@
-"""Invariants of the routed UNet (DESIGN §6, Eq. 5-8) on tiny fp32 models."""
+"""Invariants of the routed UNet (AnyStory Eq. 5-8) on tiny fp32 models."""
 
 import pytest
 import torch

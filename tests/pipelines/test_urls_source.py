@@ -16,6 +16,7 @@ from pipelines import ledger
 from pipelines.config import PipelineConfig, WriterConfig
 from pipelines.runner import run_source
 from pipelines.sources.urls import SOURCE, Config
+from tests import img2dataset_layout
 from tests.datagen.test_download import encoded
 from tests.image_server import ImageServer
 from tests.pipelines.fake_persons import FakePersonsUrls
@@ -106,3 +107,37 @@ def test_real_source_on_the_sample_inputs(ray_local, tmp_path):
                                                                                ("filtered", "persons")}
     manifest = shards.read_manifest(cfg.out)
     assert manifest["synthetic_models"] is True and manifest["models"]["urls"]["detector"]["revision"] == "tiny"
+
+
+@pytest.mark.slow  # ~3 min on the shared 2-core machine (full-size photos through local Ray)
+def test_img2dataset_output_end_to_end_without_a_download(ray_local, server, tmp_path):
+    """An img2dataset webdataset output (LAION-like sizes) through the real source: the stored photos with 2+
+    people land with their URL's key, nothing is fetched, and a URL list and an img2dataset folder are one input
+    or the other."""
+    photos = {"two.jpg": (1280, 853), "couple.jpg": (1024, 1536), "one.jpg": (1920, 1080)}
+    boxes = {"two.jpg": [[100, 150, 500, 840], [700, 120, 1150, 850]],
+             "couple.jpg": [[50, 300, 480, 1500], [540, 280, 990, 1520]], "one.jpg": [[800, 100, 1200, 1000]]}
+    rows = [{"url": server.url("good", n), "caption": f"stored {n}", "jpg": encoded("JPEG", w, h, seed=i),
+             "size": (w, h)} for i, (n, (w, h)) in enumerate(photos.items())]
+    rows.append({"url": server.url("good", "gone.jpg"), "caption": "lost", "status": "failed_to_download",
+                 "error": "HTTP Error 404"})
+    folder = tmp_path / "laion-out"
+    img2dataset_layout.write(str(folder), rows, "webdataset")
+    with pytest.raises(ValueError, match="exactly one of url_list and img2dataset"):
+        Config(url_list=str(tmp_path / "laion-out" / "00000.parquet"), img2dataset=str(folder))
+    with pytest.raises(ValueError, match="exactly one of url_list and img2dataset"):
+        Config()
+    with pytest.raises(ValueError, match="url_col and caption_col apply to url_list"):
+        Config(img2dataset=str(folder), caption_col="TEXT")
+
+    hits = sum(server.hits.values())
+    cfg = PipelineConfig(out=str(tmp_path / "ds"))
+    result = run_source(FakePersonsUrls(boxes), cfg, source_cfg=Config(img2dataset=str(folder)))
+    assert result.processed == {"kept": 2, "filtered": 1}, quarantine_details(cfg.out)
+    assert sum(server.hits.values()) == hits  # read from the tar, not downloaded
+    assert validate(cfg.out).ok
+    samples = {s.provenance["url"].rsplit("/", 1)[1]: s for s in shards.iter_samples(cfg.out)}
+    assert sorted(samples) == ["couple.jpg", "two.jpg"]
+    for name, s in samples.items():
+        assert s.key == shards.stable_key("url", server.url("good", name)) and len(s.subjects) == 2
+        assert (s.frames[0].width, s.frames[0].height) == photos[name] and s.frames[0].caption == f"stored {name}"
