@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import fsspec
 from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from datagen import files
 
 
 class Params(BaseModel):
@@ -18,7 +19,7 @@ class Params(BaseModel):
 
 def _exists(path: str) -> str:
     try:
-        fs, p = fsspec.core.url_to_fs(os.path.expanduser(path))
+        fs, p = files.url_to_fs(os.path.expanduser(path))
         found = fs.exists(p)
     except (ImportError, OSError) as e:  # a protocol whose package is missing (s3fs, gcsfs), no access
         raise ValueError(f"cannot check {path}: {e}") from None
