@@ -39,6 +39,16 @@ def test_lists_in_every_format_mark_duplicates(tmp_path, fmt):
         urls.list_units(str(path), caption_col="TEXT")
 
 
+def test_rows_whose_url_is_not_a_string_are_quarantined_by_row(tmp_path):
+    path = tmp_path / "ids.jsonl"  # a column of numbers (an id column named url): no row can be fetched
+    path.write_text('{"url": 123, "caption": "a"}\n{"url": 4.5, "caption": "b"}\n{"url": null, "caption": "c"}\n')
+    units = urls.list_units(str(path))
+    outcomes = [Item(u).outcome for u in units]
+    assert [(o.stage, o.reason) for o in outcomes[:2]] == [("list", "bad_url")] * 2
+    assert "row 0: url is 123" in outcomes[0].detail
+    assert outcomes[2] is None and units[2].ref["url"] == ""  # empty: the download stage says bad_url
+
+
 def test_download_batch_is_concurrent_and_settles_every_row(tmp_path):
     listing = tmp_path / "list.jsonl"
     with ImageServer({"a.jpg": encoded("JPEG"), "small.jpg": encoded("JPEG", 300, 200)}, latency_s=0.3) as s:

@@ -166,3 +166,20 @@ def test_keyframe_scan_samples_the_same_frames(clips):
     keys = video.sample_clip(clips["pan_cut.mp4"], SamplingParams(scan="keyframes"), FP)
     assert [n for _, n, _ in keys.frames] == [n for _, n, _ in full.frames]
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(keys.frames, full.frames))
+
+
+def test_odd_local_names_are_read_as_names(clips, tmp_path):
+    odd = tmp_path / "clips[1]"
+    odd.mkdir()
+    os.link(clips["pan_cut.mp4"], odd / "a::b.mp4")  # fsspec read "::" as a chained URL: missing_file
+    [listed] = video.list_videos([str(odd)])
+    assert listed == str(odd / "a::b.mp4")
+    assert video.list_videos([listed]) == [listed]
+    s = video.sample_clip(listed, SamplingParams(max_frames=2), FP)
+    assert len(s.frames) == 2
+
+
+def test_frames_above_max_pixels_are_refused_before_decoding(clips):
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["pan_cut.mp4"], SamplingParams(max_pixels=320 * 240 - 1), FP)
+    assert e.value.reason == "too_many_pixels" and "320x240" in e.value.detail
