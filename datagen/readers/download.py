@@ -67,19 +67,18 @@ def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def public_addresses(host: str, port: int, allow_private: bool) -> list[tuple]:
-    """``getaddrinfo`` of ``host``; refused (``address_not_allowed``) when any address is not public, unless
-    ``allow_private``. Any, not all: a name that also resolves to a private address is not trusted."""
+def public_addresses(host: str, port: int) -> list[tuple]:
+    """``getaddrinfo`` of ``host``; refused (``address_not_allowed``) when any address is not public. Any, not
+    all: a name that also resolves to a private address is not trusted."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise BadInput("dns_error", f"{host}: {e}") from None
-    if not allow_private:
-        for *_, sockaddr in infos:
-            ip = ipaddress.ip_address(sockaddr[0].split("%")[0])
-            if not is_public(ip):
-                raise BadInput("address_not_allowed", f"{host} resolves to {ip}, not a public address "
-                                                      "(download.allow_private_addresses: true fetches it)")
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if not is_public(ip):
+            raise BadInput("address_not_allowed", f"{host} resolves to {ip}, not a public address "
+                                                  "(download.allow_private_addresses: true fetches it)")
     return infos
 
 
@@ -97,7 +96,7 @@ class _Checked:
         if self.allow_private or PROXIED:  # through a proxy, _Guard checked the target's name
             return socket.create_connection(address, timeout, source_address)
         error = None
-        for family, kind, proto, _, sockaddr in public_addresses(*address, False):
+        for family, kind, proto, _, sockaddr in public_addresses(*address):
             sock = socket.socket(family, kind, proto)
             try:
                 sock.settimeout(timeout)
@@ -155,7 +154,8 @@ class _Guard(urllib.request.HTTPRedirectHandler):
         self.allow_private = allow_private
 
     def http_request(self, req):
-        public_addresses(urlsplit(req.full_url).hostname or "", 0, self.allow_private)
+        if not self.allow_private:
+            public_addresses(urlsplit(req.full_url).hostname or "", 0)
         return req
 
     https_request = http_request
