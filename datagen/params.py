@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import fsspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
+from datagen import files
+
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -39,7 +41,7 @@ def _merged(base: dict, over: dict) -> dict:
 
 def _exists(path: str) -> str:
     try:
-        fs, p = fsspec.core.url_to_fs(os.path.expanduser(path))
+        fs, p = files.url_to_fs(os.path.expanduser(path))
         found = fs.exists(p)
     except (ImportError, OSError) as e:  # a protocol whose package is missing (s3fs, gcsfs), no access
         raise ValueError(f"cannot check {path}: {e}") from None

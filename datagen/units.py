@@ -4,7 +4,9 @@ A reader turns its inputs into ``Unit``s: deterministic ids (so reruns skip fini
 never repeat) plus whatever the first stage needs to load the input (``ref``). Each stage takes and
 returns ``Item``s. A stage that decides the unit yields nothing raises ``Rejected`` (counted as
 filtered); a broken input raises ``BadInput``; any other exception is a failure. Both end in
-quarantine with the stage and the reason, and the run goes on.
+quarantine with the stage and the reason, and the run goes on. A bad row or file found while listing becomes
+a unit too (``Unit.unusable``): it enters the run already ended, so it is quarantined by name at stage
+``list`` while the rest runs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from typing import Any
 from datagen.shards import Sample
 
 
+LIST_STAGE = "list"
+
+
 @dataclass(frozen=True)
 class Unit:
     id: str
     ref: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def unusable(cls, id: str, error: "BadInput | Rejected") -> "Unit":
+        """A listed entry that cannot be processed: quarantined with ``error``'s reason, no stage runs on it."""
+        kind = "filtered" if isinstance(error, Rejected) else "failed"
+        return cls(id, {"listing": {"kind": kind, "reason": error.reason, "detail": error.detail}})
 
 
 @dataclass
@@ -39,6 +50,11 @@ class Item:
     scratch: dict[str, Any] = field(default_factory=dict)  # state handed from one stage to the next
     drops: Counter = field(default_factory=Counter)  # "stage/reason" → subjects or samples dropped
     outcome: Outcome | None = None
+
+    def __post_init__(self):
+        listing = self.unit.ref.get("listing")
+        if listing and self.outcome is None:
+            self.outcome = Outcome(listing["kind"], LIST_STAGE, listing["reason"], listing["detail"])
 
     @property
     def alive(self) -> bool:

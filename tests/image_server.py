@@ -8,7 +8,8 @@
 - ``slow``: no answer for ``slow_s``; ``drip``: headers at once, then the body a few bytes every ``drip_s``;
 - ``truncated``: a Content-Length of the whole image, half of it sent; ``html``: a 200 HTML page;
 - ``noise``: random bytes as application/octet-stream; ``big``: a Content-Length above any cap;
-- ``robots``: the image with ``X-Robots-Tag: noai``; ``nolength``: the image without Content-Length.
+- ``robots``: the image with ``X-Robots-Tag: noai``; ``nolength``: the image without Content-Length;
+- ``redirect``: 302 to the URL-quoted rest of the path (``server.url("redirect", quote(target, safe=""))``).
 
 ``server.hits`` counts requests per path, ``server.max_in_flight`` the most requests served at once. Use as a context manager: it serves on a thread and shuts down (and
 wakes every waiting handler) on exit.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -57,7 +58,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.server
         _, route, name = urlsplit(self.path).path.split("/", 2)  # a query string only makes URLs distinct
         image = s.images.get(name)
-        if image is None or route == "missing":
+        if route == "redirect":
+            self._send(302, b"", "text/plain", headers={"Location": unquote(name)})
+        elif image is None or route == "missing":
             self._send(404, b"not found", "text/plain")
         elif route == "good":
             if s.latency_s:
@@ -114,8 +117,8 @@ class ImageServer(ThreadingHTTPServer):
     request_queue_size = 256  # socketserver's default backlog of 5 stalls many concurrent connects
 
     def __init__(self, images: dict[str, bytes], latency_s: float = 0.0, slow_s: float = 30.0, drip_s: float = 0.2,
-                 flaky_failures: int = 1):
-        super().__init__(("127.0.0.1", 0), _Handler)
+                 flaky_failures: int = 1, host: str = "127.0.0.1"):
+        super().__init__((host, 0), _Handler)
         self.images, self.latency_s, self.slow_s, self.drip_s = images, latency_s, slow_s, drip_s
         self.flaky_failures = flaky_failures
         self.down = False
@@ -126,7 +129,7 @@ class ImageServer(ThreadingHTTPServer):
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, route: str, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{route}/{name}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}/{route}/{name}"
 
     def __enter__(self) -> "ImageServer":
         self._thread.start()

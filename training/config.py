@@ -51,6 +51,9 @@ class DataConfig(Section):
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(4, ge=0)
     round_samples: int = Field(2000, ge=1)  # the stream is cut into rounds; a resume replays at most one round
+    # broken shards (truncated, unreadable) are skipped with a warning; more than this fraction of a source's
+    # shards broken stops the run naming them
+    max_broken_fraction: float = Field(0.05, ge=0, le=1)
     shuffle_buffer: int = Field(1000, ge=1)
     augment: AugmentParams = AugmentParams()
 

@@ -108,7 +108,7 @@ class SubjectStream(IterableDataset):
 
 
 def open_sources(cfg: DataConfig) -> list[SourceShards]:
-    return [open_source(s.path, s.source, s.weight, cfg.allow_synthetic) for s in cfg.sources]
+    return [open_source(s.path, s.source, s.weight, cfg.allow_synthetic, cfg.max_broken_fraction) for s in cfg.sources]
 
 
 def make_loader(cfg: DataConfig, factors: tuple[int, ...], seed: int, position: DataPosition) -> DataLoader:

@@ -7,13 +7,21 @@ The mixed stream is cut into **rounds** of ``round_samples`` raw samples: round 
 each source by its weight and interleaves them in a seeded order. A round's content is a pure function of
 (seed, rank, worker, r) plus the shard sizes in ``index.parquet``, so a resume opens round r directly (no IO for
 earlier rounds) and replays at most one round.
+
+A shard that breaks while read (truncated tar, unreadable file, fewer samples than the index says) is skipped
+from that point with a warning and a count of the source's broken shards; the stream goes on with the next
+shard. Only when more than ``max_broken_fraction`` of a source's shards are broken does the loader stop, naming
+them (a stopped run would lose the steps since the last checkpoint; a quietly shrinking dataset would go
+unnoticed). Which shards break, and where, is fixed by the files, so rounds stay reproducible.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -21,9 +29,17 @@ import webdataset as wds
 
 from datagen import shards
 
+log = logging.getLogger(__name__)
+# what reading a broken shard raises: tarfile's errors (truncated), OSError (unreadable), the count check below
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, shards.FormatError)
+
 
 class SyntheticDataError(RuntimeError):
     """A dataset built with tiny random models (``synthetic_models: true``) given to the trainer."""
+
+
+class BrokenShardsError(RuntimeError):
+    """More of a source's shards are broken than ``data.max_broken_fraction`` allows."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +50,24 @@ class SourceShards:
     urls: tuple[str, ...]
     sizes: tuple[int, ...]
     weight: float
+    max_broken_fraction: float = 0.0
+    broken: dict[int, str] = field(default_factory=dict, hash=False, compare=False)  # this process's count
+
+    def shard_broke(self, k: int, read: int, error: str) -> None:
+        """Count shard k as broken after ``read`` samples; warn, or raise past ``max_broken_fraction``."""
+        if k not in self.broken:
+            self.broken[k] = error
+            log.warning("%s: broken after %d of %d samples, rest of the shard skipped (%s); broken shards of %s: "
+                        "%d of %d", self.urls[k], read, self.sizes[k], error, self.name, len(self.broken),
+                        len(self.urls))
+        if len(self.broken) > self.max_broken_fraction * len(self.urls) or len(self.broken) == len(self.urls):
+            listed = "; ".join(f"{self.urls[i]}: {e}" for i, e in sorted(self.broken.items()))
+            raise BrokenShardsError(f"{self.name}: {len(self.broken)} of {len(self.urls)} shards broken, more "
+                                    f"than data.max_broken_fraction {self.max_broken_fraction}: {listed}")
 
 
-def open_source(path: str, source: str | None, weight: float, allow_synthetic: bool) -> SourceShards:
+def open_source(path: str, source: str | None, weight: float, allow_synthetic: bool,
+                max_broken_fraction: float = 0.0) -> SourceShards:
     """List a dataset's shards and their sizes; refuse synthetic datasets unless ``allow_synthetic``."""
     name = f"{path}:{source}" if source else path
     try:
@@ -54,7 +85,8 @@ def open_source(path: str, source: str | None, weight: float, allow_synthetic: b
     names = [n for n in shards.list_shards(path, source) if counts.get(n)]
     if not names:
         raise shards.FormatError(f"{name}: no shards with samples")
-    return SourceShards(name, tuple(shards.shard_urls(path, names)), tuple(counts[n] for n in names), weight)
+    return SourceShards(name, tuple(shards.shard_urls(path, names)), tuple(counts[n] for n in names), weight,
+                        max_broken_fraction)
 
 
 def seeded(*parts: int | str) -> np.random.Generator:
@@ -99,15 +131,19 @@ def locate(src: SourceShards, schedule: Iterator[int], n: int) -> tuple[int, int
 
 
 def read_shard(src: SourceShards, k: int, start: int = 0) -> Iterator[dict[str, Any]]:
-    """Raw samples ``start…`` of shard k; the tar must hold exactly as many samples as the index says."""
+    """Raw samples ``start…`` of shard k, as many as the index says; a shard that breaks before is counted
+    broken (``SourceShards.shard_broke``) and its remaining samples skipped."""
     url, size = src.urls[k], src.sizes[k]
     n = 0
-    for n, raw in enumerate(wds.tarfile_to_samples()(iter([{"url": url}])), 1):
-        if n > start:
-            yield raw
-        if n == size:
-            return
-    raise shards.FormatError(f"{url}: index lists {size} samples, tar holds {n}")
+    try:
+        for n, raw in enumerate(wds.tarfile_to_samples()(iter([{"url": url}])), 1):
+            if n > start:
+                yield raw
+            if n == size:
+                return
+        raise shards.FormatError(f"index lists {size} samples, tar holds {n}")
+    except SHARD_ERRORS as e:
+        src.shard_broke(k, n, f"{type(e).__name__}: {e}")
 
 
 def source_samples(src: SourceShards, schedule: Iterator[int], start: int) -> Iterator[dict[str, Any]]:

@@ -3,19 +3,26 @@
 Any COCO-style ``instances_*.json`` (+ its images folder) works. One unit per image that has annotations of
 the chosen categories; masks are rasterised from the annotation polygons/RLE by pycocotools (exact, no
 model); then the router rules of ``datagen.labeling.router_data`` apply (B.1 filters, 2–N subjects per image).
+The box rules run first on the annotation boxes: masks are built only for the instances that survive them
+(memory then grows with the subjects kept, not with the annotations listed), and an image with more than
+``max_annotations`` is refused before anything is read.
+
+A file is untrusted input: an image id listed twice with different entries, or a ``file_name`` shared by two
+image ids (the sample key would repeat), and entries missing their fields become quarantined units with the
+reason; the rest of the file runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
 
-import fsspec
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from datagen import images
+from datagen import files, images
 from datagen.labeling import filters
 from datagen.labeling import router_data
 from datagen.labeling.filters import Instance
@@ -23,36 +30,76 @@ from datagen.labeling.router_data import RouterRules
 from datagen.shards import stable_key
 from datagen.units import BadInput, Item, Rejected, Unit
 
+log = logging.getLogger(__name__)
+
 STAGE = "coco"
+IMAGE_FIELDS = ("id", "file_name", "width", "height")
 
 
 class CocoParams(RouterRules):
     categories: list[str] = ["person"]  # category names whose instances become subjects
+    # more annotations of the chosen categories on one image: refused before reading it (COCO's most is ~90)
+    max_annotations: int = 1000
+    max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
 
 
 def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
-    """One unit per image holding at least one instance of the chosen categories (sorted by image id)."""
-    with fsspec.open(annotations, "r") as f:
+    """One unit per image holding at least one instance of the chosen categories (sorted by image id), then
+    the unusable entries (quarantined with their reason)."""
+    with files.open_url(annotations, "r") as f:
         doc = json.load(f)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{annotations}: not a COCO annotation file (top level is {type(doc).__name__})")
     names = {c["id"]: c["name"] for c in doc.get("categories", [])}
     unknown = sorted(set(p.categories) - set(names.values()))
     if unknown:  # a misspelt category would silently select nothing
         raise ValueError(f"{annotations}: categories {unknown} are not in the file (it has {sorted(names.values())})")
     wanted = {i: n for i, n in names.items() if n in p.categories}
-    by_image = defaultdict(list)
-    for ann in doc.get("annotations", []):
-        if ann["category_id"] in wanted:
-            by_image[ann["image_id"]].append({**ann, "category_name": wanted[ann["category_id"]]})
     dataset = os.path.basename(annotations)
-    units = []
-    for im in sorted(doc.get("images", []), key=lambda im: im["id"]):
-        anns = by_image.get(im["id"])
-        if anns:
-            ref = {"dataset": dataset, "image": os.path.join(images_dir, im["file_name"]), "file_name": im["file_name"],
-                   "width": im["width"], "height": im["height"], "annotations": anns,
-                   "license": im.get("license"), "url": im.get("coco_url") or im.get("flickr_url")}
-            units.append(Unit(f"coco:{dataset}:{im['id']}", ref))
-    return units
+    bad: list[Unit] = []
+    by_image = defaultdict(list)
+    for k, ann in enumerate(doc.get("annotations", [])):
+        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+            bad.append(Unit.unusable(f"coco:{dataset}:annotations[{k}]",
+                                     BadInput("bad_annotation", f"{annotations}: annotation {k} has no image_id "
+                                                                f"or category_id: {str(ann)[:200]}")))
+        elif ann["category_id"] in wanted:
+            by_image[ann["image_id"]].append({**ann, "category_name": wanted[ann["category_id"]]})
+    entries: dict[object, list[dict]] = defaultdict(list)
+    for k, im in enumerate(doc.get("images", [])):
+        missing = [f for f in IMAGE_FIELDS if f not in im] if isinstance(im, dict) else list(IMAGE_FIELDS)
+        if missing or not isinstance(im["id"], (int, str)):
+            bad.append(Unit.unusable(f"coco:{dataset}:images[{k}]",
+                                     BadInput("bad_image_entry", f"{annotations}: image {k} lacks {missing} "
+                                                                 f"or its id is not a number or string")))
+        else:
+            entries[im["id"]].append(im)
+    units, owner = [], {}
+    for image_id in sorted(entries, key=lambda i: (isinstance(i, str), i if isinstance(i, int) else 0, str(i))):
+        uid = f"coco:{dataset}:{image_id}"
+        anns = by_image.get(image_id)
+        if not anns:
+            continue
+        listed = entries[image_id]
+        im = listed[0]
+        if any({f: e[f] for f in IMAGE_FIELDS} != {f: im[f] for f in IMAGE_FIELDS} for e in listed[1:]):
+            bad.append(Unit.unusable(uid, BadInput("conflicting_image_entries",
+                                                   f"{annotations}: image id {image_id} listed {len(listed)} "
+                                                   f"times with different file_name/size")))
+            continue
+        if len(listed) > 1:  # the same entry twice: one unit (unit ids, like sample keys, are unique)
+            log.warning("%s: image id %s listed %d times (identical entries, used once)", annotations, image_id,
+                        len(listed))
+        if im["file_name"] in owner:  # the sample key is the file name: a second id would write it twice
+            bad.append(Unit.unusable(uid, Rejected("duplicate_file_name",
+                                                   f"{im['file_name']} is also image {owner[im['file_name']]}")))
+            continue
+        owner[im["file_name"]] = image_id
+        ref = {"dataset": dataset, "image": os.path.join(images_dir, im["file_name"]), "file_name": im["file_name"],
+               "width": im["width"], "height": im["height"], "annotations": anns,
+               "license": im.get("license"), "url": im.get("coco_url") or im.get("flickr_url")}
+        units.append(Unit(uid, ref))
+    return units + bad
 
 
 def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
@@ -78,21 +125,32 @@ def load_sample(item: Item, p: CocoParams) -> Item:
         raise Rejected("crowd", "image has a crowd annotation of a chosen category")
     if len(anns) < p.min_subjects:  # decided before reading the image: most COCO images hold one person
         raise Rejected("too_few_subjects", f"{len(anns)} annotated < {p.min_subjects}")
-    image = images.read_rgb(ref["image"])
+    if len(anns) > p.max_annotations:
+        raise Rejected("too_many_annotations", f"{len(anns)} annotations > {p.max_annotations}")
+    images.check_pixels(ref["width"], ref["height"], p.max_pixels, ref["image"])  # as the file says, unread
+    image = images.read_rgb(ref["image"], p.max_pixels)
     h, w = image.shape[:2]
     if (w, h) != (ref["width"], ref["height"]):
         raise BadInput("size_mismatch", f"{ref['image']}: annotation says {ref['width']}x{ref['height']}, "
                                         f"image is {w}x{h}")
     filters.check_image_size(w, h, p.filters)
-    instances = []
+    boxes = []
     for ann in anns:
-        mask = segmentation_mask(ann["segmentation"], h, w)
-        if mask.shape != (h, w):
-            raise BadInput("mask_size_mismatch", f"annotation {ann['id']}: RLE is {mask.shape}, image {h}x{w}")
         x, y, bw, bh = ann["bbox"]
-        instances.append(Instance(ann["category_name"], [x, y, x + bw, y + bh], 1.0, mask,
-                                  {"annotation_id": ann["id"]}))
-    kept = router_data.select(item, STAGE, instances, w, h, p)
+        boxes.append(Instance(ann["category_name"], [x, y, x + bw, y + bh], 1.0, None,
+                              {"annotation_id": ann["id"], "segmentation": ann["segmentation"]}))
+    survivors, drops = filters.filter_boxes(boxes, w, h, p.filters)  # rules (1)-(5) need no mask
+    for reason, n in drops.items():
+        item.drop(STAGE, reason, n)
+    if len(survivors) < p.min_subjects:
+        raise Rejected("too_few_subjects", f"{len(survivors)} < {p.min_subjects} after the box rules "
+                                           f"({len(boxes)} before; dropped {dict(drops)})")
+    for x in survivors:  # masks only now, for the few that can become subjects
+        x.mask = segmentation_mask(x.fields.pop("segmentation"), h, w)
+        if x.mask.shape != (h, w):
+            raise BadInput("mask_size_mismatch", f"annotation {x.fields['annotation_id']}: RLE is {x.mask.shape}, "
+                                                 f"image {h}x{w}")
+    kept = router_data.select(item, STAGE, survivors, w, h, p)  # the box rules again drop none of them
     item.samples = [router_data.sample(
         key=stable_key("coco", f"{ref['dataset']}/{ref['file_name']}"),
         image=image,

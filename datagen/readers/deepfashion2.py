@@ -19,10 +19,9 @@ import os
 import re
 from collections import Counter, defaultdict
 
-import fsspec
 import numpy as np
 
-from datagen import images
+from datagen import files, images
 from datagen.labeling import filters
 from datagen.readers.coco import segmentation_mask
 from datagen.labeling.filters import FilterParams, Instance
@@ -38,6 +37,7 @@ NO_ARTICLE = {"shorts", "trousers"}  # DeepFashion2's plural category names
 class DeepFashion2Params(Params):
     pairs_per_user: int = 1  # shop images paired with each user image (the best-matching ones)
     max_pairs_per_group: int = 32  # samples per pair_id group (bounds a unit's memory), extra pairs counted
+    max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
     # Exact polygons: B.1's mask/box rule guards SAM masks and its 70 % area cap drops background-sized boxes;
     # neither fits product photos where the garment fills the frame.
     filters: FilterParams = FilterParams(area_max=1.0, min_mask_box_ratio=0.0)
@@ -47,20 +47,44 @@ def _item_keys(anno: dict) -> list[str]:
     return sorted((k for k in anno if re.fullmatch(r"item\d+", k)), key=lambda k: int(k[4:]))
 
 
+def _group_of(anno: object) -> tuple[int, str]:
+    """(pair_id, source) of an annotation, or BadInput saying what is wrong with it."""
+    if not isinstance(anno, dict) or anno.get("source") not in ("shop", "user") or "pair_id" not in anno:
+        raise BadInput("not_a_deepfashion2_annotation", "needs source shop|user and pair_id")
+    try:
+        return int(anno["pair_id"]), anno["source"]
+    except (TypeError, ValueError):
+        raise BadInput("not_a_deepfashion2_annotation", f"pair_id {anno['pair_id']!r} is not a number") from None
+
+
 def list_units(root: str) -> list[Unit]:
-    """One unit per ``pair_id`` (sorted), listing its shop and user images by name."""
-    fs, base = fsspec.core.url_to_fs(root)
+    """One unit per ``pair_id`` (sorted), listing its shop and user images by name. An annotation file that
+    cannot be read or grouped becomes an unusable unit named by its file (quarantined); the rest run. The root
+    is a name, not a pattern (``[v2]`` in it is literal)."""
+    fs, base = files.url_to_fs(root)
+    annos_dir = join(base, "annos")
+    if not fs.isdir(annos_dir):
+        raise FileNotFoundError(f"{root}: no annos/ folder (not a DeepFashion2 split)")
     groups: dict[int, dict[str, list[str]]] = defaultdict(lambda: {"shop": [], "user": []})
-    for path in sorted(fs.glob(join(base, "annos", "*.json"))):
-        with fs.open(path, "r") as f:
-            anno = json.load(f)
-        name = os.path.basename(path)[: -len(".json")]
-        if anno.get("source") not in ("shop", "user") or "pair_id" not in anno:
-            raise ValueError(f"{path}: not a DeepFashion2 annotation (needs source shop|user and pair_id)")
-        groups[int(anno["pair_id"])][anno["source"]].append(name)
     dataset = os.path.basename(root.rstrip("/"))
+    bad = []
+    for path in sorted(p for p in fs.ls(annos_dir, detail=False) if p.endswith(".json")):
+        name = os.path.basename(path)[: -len(".json")]
+        try:
+            with fs.open(path, "r") as f:
+                anno = json.load(f)
+            pid, side = _group_of(anno)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
+                                     BadInput("corrupt_annotation", f"{path}: {e}")))
+            continue
+        except BadInput as e:
+            bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
+                                     BadInput(e.reason, f"{path}: {e.detail}")))
+            continue
+        groups[pid][side].append(name)
     return [Unit(f"deepfashion2:{dataset}:{pid}", {"root": root, "dataset": dataset, "pair_id": pid, **g})
-            for pid, g in sorted(groups.items())]
+            for pid, g in sorted(groups.items())] + bad
 
 
 def caption(annotated: list[dict]) -> str:
@@ -108,7 +132,7 @@ class _Images:
     def load(self, name: str, anno: dict) -> None:
         if name in self.frames:
             return
-        image = images.read_rgb(join(self.root, "image", f"{name}.jpg"))
+        image = images.read_rgb(join(self.root, "image", f"{name}.jpg"), self.p.max_pixels)
         h, w = image.shape[:2]
         filters.check_image_size(w, h, self.p.filters)  # Rejected: the caller drops this image's pairs
         instances = []
@@ -134,7 +158,7 @@ def load_pairs(item: Item, p: DeepFashion2Params) -> Item:
     annos = {}
     for name in ref["shop"] + ref["user"]:
         try:
-            with fsspec.open(join(root, "annos", f"{name}.json"), "r") as f:
+            with files.open_url(join(root, "annos", f"{name}.json"), "r") as f:
                 annos[name] = json.load(f)
         except FileNotFoundError:
             raise BadInput("missing_file", join(root, "annos", f"{name}.json")) from None
@@ -154,18 +178,18 @@ def load_pairs(item: Item, p: DeepFashion2Params) -> Item:
         pairs = pairs[: p.max_pairs_per_group]
 
     loaded = _Images(root, p, item)
-    too_small: set[str] = set()
+    refused: set[str] = set()
     for s, u in pairs:
         for name in (s, u):
-            if name in too_small:
+            if name in refused:
                 continue
             try:
                 loaded.load(name, annos[name])
-            except Rejected:
-                too_small.add(name)
-                item.drop(STAGE, "image_too_small")
+            except Rejected as e:  # image_too_small, too_many_pixels
+                refused.add(name)
+                item.drop(STAGE, e.reason)
     for s, u in pairs:
-        if s in too_small or u in too_small:
+        if s in refused or u in refused:
             item.drop(STAGE, "pair_without_image")
             continue
         sample = _pair_sample(item, ref, (s, u), annos, styles, loaded, p)

@@ -5,25 +5,29 @@ image, and a downscale. A broken input or transport is a ``BadInput`` with a pre
 ``Rejected`` (``too_large``, ``robots_disallowed``, ``image_too_small``), which a retry would not change.
 
 http(s) goes through ``urllib`` (as img2dataset does); ``file://`` URLs, local paths and other fsspec URLs are
-read with fsspec, so a URL list may point at local files.
+read with fsspec. A URL list is untrusted input: by default only http(s) to public addresses is fetched. Local
+files (``schemes`` with ``file``), other fsspec protocols (their name in ``schemes``) and loopback, private,
+link-local or reserved addresses (``allow_private_addresses``) only when the config says so. Addresses are
+checked as resolved, for every redirect, and again on connecting (a name that resolves differently the second
+time cannot slip through); redirects only go to http(s).
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import socket
 import ssl
 import time
 import urllib.error
 import urllib.request
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import cv2
-import fsspec
 import numpy as np
 
-from datagen import images
+from datagen import files, images
 from datagen.params import Params
 from datagen.units import BadInput, Rejected
 
@@ -43,6 +47,10 @@ class DownloadParams(Params):
     min_side: int = 512  # short side of the original image below this: rejected (image_too_small)
     short_side: int | None = None  # downscale so that the short side is at most this (None: keep)
     max_side: int | None = None  # downscale so that the long side is at most this (None: keep)
+    max_pixels: int = images.MAX_PIXELS  # declared width × height above this: refused before decoding
+    # URL lists are untrusted: schemes fetched ("file": file:// URLs and local paths; s3, gs, ...: fsspec)
+    schemes: list[str] = ["http", "https"]
+    allow_private_addresses: bool = False  # loopback, private, link-local, reserved addresses (else refused)
 
 
 class Transient(BadInput):
@@ -52,7 +60,55 @@ class Transient(BadInput):
 # ---------------------------------------------------------------------------------------------- fetching
 
 
-class _Connection(http.client.HTTPConnection):
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An internet address: not loopback, private, link-local, shared, reserved or multicast."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:  # ::ffff:127.0.0.1 is loopback
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def public_addresses(host: str, port: int) -> list[tuple]:
+    """``getaddrinfo`` of ``host``; refused (``address_not_allowed``) when any address is not public. Any, not
+    all: a name that also resolves to a private address is not trusted."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise BadInput("dns_error", f"{host}: {e}") from None
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if not is_public(ip):
+            raise BadInput("address_not_allowed", f"{host} resolves to {ip}, not a public address "
+                                                  "(download.allow_private_addresses: true fetches it)")
+    return infos
+
+
+class _Checked:
+    """Connection mixin: addresses checked at connect time, the socket kept for the body deadline."""
+
+    def __init__(self, *args, allow_private: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.allow_private = allow_private
+        self._create_connection = self._connect_checked  # what connect() calls in place of create_connection
+
+    def _connect_checked(self, address, timeout, source_address=None):
+        """``socket.create_connection`` to addresses checked now, not when the request was checked (a name
+        resolving to a public address for the check and a private one for the connection: DNS rebinding)."""
+        if self.allow_private or PROXIED:  # through a proxy, _Guard checked the target's name
+            return socket.create_connection(address, timeout, source_address)
+        error = None
+        for family, kind, proto, _, sockaddr in public_addresses(*address):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+        raise error or OSError(f"cannot connect to {address}")
+
     def getresponse(self):
         sock = self.sock  # taken first: the connection lets go of it when the response says it will close
         response = super().getresponse()
@@ -60,22 +116,58 @@ class _Connection(http.client.HTTPConnection):
         return response
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    getresponse = _Connection.getresponse
+class _Connection(_Checked, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_Checked, http.client.HTTPSConnection):
+    pass
+
+
+PROXIED = bool(urllib.request.getproxies())  # urllib sends requests to the environment's proxies
 
 
 class _Handler(urllib.request.HTTPHandler):
+    def __init__(self, allow_private: bool):
+        super().__init__()
+        self.allow_private = allow_private
+
     def http_open(self, req):
-        return self.do_open(_Connection, req)
+        return self.do_open(_Connection, req, allow_private=self.allow_private)
 
 
 class _TLSHandler(urllib.request.HTTPSHandler):
-    def __init__(self):
+    def __init__(self, allow_private: bool):
         self.tls = ssl.create_default_context()
         super().__init__(context=self.tls)
+        self.allow_private = allow_private
 
     def https_open(self, req):
-        return self.do_open(_TLSConnection, req, context=self.tls)
+        return self.do_open(_TLSConnection, req, context=self.tls, allow_private=self.allow_private)
+
+
+class _Guard(urllib.request.HTTPRedirectHandler):
+    """Checks the host of every request, the first and each redirect's, before urllib opens it; redirects go
+    to http(s) only (urllib would follow ftp:// too)."""
+
+    def __init__(self, allow_private: bool):
+        self.allow_private = allow_private
+
+    def http_request(self, req):
+        if not self.allow_private:
+            public_addresses(urlsplit(req.full_url).hostname or "", 0)
+        return req
+
+    https_request = http_request
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if urlsplit(target).scheme not in ("http", "https"):
+            fp.close()
+            raise BadInput("scheme_not_allowed", f"{req.full_url} redirects to {target}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 class Fetcher:
@@ -83,7 +175,8 @@ class Fetcher:
 
     def __init__(self, p: DownloadParams, sleep: Callable[[float], None] = time.sleep):
         self.p, self.sleep = p, sleep
-        self.opener = urllib.request.build_opener(_Handler, _TLSHandler())
+        allow = p.allow_private_addresses
+        self.opener = urllib.request.build_opener(_Handler(allow), _TLSHandler(allow), _Guard(allow))
         self.opener.addheaders = [("User-Agent", p.user_agent)]
         self.disallowed = {d.strip().lower() for d in p.disallowed_header_directives}
 
@@ -99,13 +192,16 @@ class Fetcher:
             attempt += 1
 
     def _once(self, url: str) -> bytes:
-        if urlsplit(url).scheme in ("http", "https"):
+        scheme = "file" if files.is_local(url) else urlsplit(url).scheme.lower()
+        if scheme not in self.p.schemes:
+            raise BadInput("scheme_not_allowed", f"{url}: {scheme} is not in download.schemes {self.p.schemes}")
+        if scheme in ("http", "https"):
             return self._http(url)
         return self._file(url)
 
     def _file(self, url: str) -> bytes:
         try:
-            with fsspec.open(url, "rb") as f:
+            with files.open_url(url, "rb") as f:
                 data = f.read(self.p.max_bytes + 1)
         except FileNotFoundError:
             raise BadInput("missing_file", url) from None
@@ -185,11 +281,15 @@ def _connection_error(url: str, reason: object) -> BadInput:
 # ---------------------------------------------------------------------------------------- decode + resize
 
 
+def _scale(h: int, w: int, short_side: int | None, max_side: int | None) -> float:
+    return min(1.0, short_side / min(h, w) if short_side else 1.0, max_side / max(h, w) if max_side else 1.0)
+
+
 def resize(image: np.ndarray, short_side: int | None, max_side: int | None) -> np.ndarray:
     """Downscale (never up) so the short side is ≤ ``short_side`` and the long side ≤ ``max_side``
     (img2dataset's keep_ratio / keep_ratio_largest), with area interpolation as it does for downscaling."""
     h, w = image.shape[:2]
-    scale = min(1.0, short_side / min(h, w) if short_side else 1.0, max_side / max(h, w) if max_side else 1.0)
+    scale = _scale(h, w, short_side, max_side)
     if scale >= 1.0:
         return image
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -203,10 +303,13 @@ def fetch_image(fetcher: Fetcher, url: str) -> tuple[np.ndarray, tuple[int, int]
 
 def decode_image(data: bytes, name: str, p: DownloadParams) -> tuple[np.ndarray, tuple[int, int]]:
     """Image bytes (fetched, or stored by img2dataset) → (RGB image after the downscale, its (width, height)
-    before it), with the size rule of ``p``."""
-    image = images.decode_rgb(data, name)
-    h, w = image.shape[:2]
+    before it), with the size rules of ``p``. A declared size above ``max_pixels`` is refused before decoding; a
+    JPEG that is downscaled anyway decodes at a reduced size (``draft``)."""
+
+    def scale_for(w: int, h: int) -> float:
+        return _scale(h, w, p.short_side, p.max_side) if min(w, h) >= p.min_side else 1.0
+
+    image, (w, h) = images.decode_rgb(data, name, p.max_pixels, scale_for)
     if min(w, h) < p.min_side:
         raise Rejected("image_too_small", f"{name}: {w}x{h}, short side < {p.min_side}")
     return resize(image, p.short_side, p.max_side), (w, h)
-

@@ -34,9 +34,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 
+from datagen import files
 from datagen.units import BadInput, Unit
 
 IMAGE_EXTS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode_format values (jpeg: other webdatasets)
@@ -48,7 +48,7 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 def detect_format(folder: str) -> str:
     """The ``output_format`` img2dataset wrote ``folder`` with: tars, shard folders, or parquet holding images."""
-    fs, root = fsspec.core.url_to_fs(folder)
+    fs, root = files.url_to_fs(folder)
     names = {i["name"].rstrip("/").rsplit("/", 1)[-1]: i["type"] for i in fs.ls(root, detail=True)}
     if any(n.endswith(".tar") for n in names):
         return "webdataset"
@@ -65,7 +65,7 @@ def list_units(folder: str, keep_columns: tuple[str, ...] = ()) -> list[Unit]:
     duplicate of its first unit, as in a URL list. ``keep_columns``: metadata fields copied into provenance (the
     columns img2dataset kept with ``save_additional_columns``, e.g. LAION's ``LICENSE``)."""
     fmt = detect_format(folder)
-    fs, root = fsspec.core.url_to_fs(folder)
+    fs, root = files.url_to_fs(folder)
     prefix = f"img2dataset:{hashlib.sha1(fs.unstrip_protocol(root).encode()).hexdigest()[:12]}"
     rows = {"webdataset": _tar_rows, "files": _files_rows, "parquet": _parquet_rows}[fmt](fs, root)
     first: dict[str, str] = {}
@@ -90,6 +90,11 @@ def _image_column(fs, path: str) -> str | None:
     with fs.open(path, "rb") as f:
         names = pq.ParquetFile(f).schema_arrow.names
     return next((c for c in IMAGE_EXTS if c in names), None)
+
+
+def _members(fs, root: str, suffix: str) -> list[str]:
+    """Files of ``root`` ending in ``suffix``, sorted; a listing, not a glob (a ``[`` in the folder is a name)."""
+    return sorted(p for p in fs.ls(root, detail=False) if p.endswith(suffix) and fs.isfile(p))
 
 
 def _caption(text: str | None, meta: dict) -> str | None:
@@ -119,7 +124,7 @@ def _rows_of(shard: str, groups: OrderedDict, read_small, locate) -> list:
 
 def _tar_rows(fs, root: str) -> list:
     rows = []
-    for path in sorted(fs.glob(f"{root}/*.tar")):
+    for path in _members(fs, root, ".tar"):
         url, shard = fs.unstrip_protocol(path), path.rsplit("/", 1)[-1]
         meta_path = path[:-len(".tar")] + ".parquet"
         if fs.exists(meta_path):  # img2dataset's metadata of the shard: the stored rows are status == success
@@ -146,7 +151,7 @@ def _files_rows(fs, root: str) -> list:
 
 def _parquet_rows(fs, root: str) -> list:
     rows = []
-    for path in sorted(fs.glob(f"{root}/*.parquet")):
+    for path in _members(fs, root, ".parquet"):
         shard = path.rsplit("/", 1)[-1]
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
@@ -183,14 +188,14 @@ class StoredImages:
         try:
             if stored["format"] == "webdataset":
                 offset, size = (stored["offset"], stored["size"]) if "offset" in stored else self._member(stored, name)
-                with fsspec.open(stored["path"], "rb") as f:
+                with files.open_url(stored["path"]) as f:
                     f.seek(offset)
                     data = f.read(size)
                 if len(data) != size:
                     raise BadInput("truncated", f"{name}: {len(data)} of {size} bytes in {stored['path']}")
                 return data
             if stored["format"] == "files":
-                with fsspec.open(stored["path"], "rb") as f:
+                with files.open_url(stored["path"]) as f:
                     return f.read()
             data = self._column(stored["path"], stored["row_group"], stored["column"])[stored["index"]].as_py()
         except FileNotFoundError:
@@ -207,7 +212,7 @@ class StoredImages:
 
     def _column(self, path: str, group: int, column: str):
         def read():
-            with fsspec.open(path, "rb") as f:
+            with files.open_url(path) as f:
                 return pq.ParquetFile(f).read_row_group(group, columns=[column]).column(0)
         return self._cached((path, group, column), read)
 
@@ -223,7 +228,7 @@ class StoredImages:
 
 def _tar_images(url: str) -> dict[str, tuple[int, int]]:
     """key → (offset, size) of each image member of a tar, from its headers (seeking over the data)."""
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+    with files.open_url(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         groups = _group((m.name, m) for m in tar if m.isfile())
     found = {}
     for key, members in groups.items():

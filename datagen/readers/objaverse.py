@@ -157,25 +157,48 @@ def file_sha1(path: str) -> str:
 
 
 def sidecar_meta(path: str) -> dict[str, Any]:
-    """``<stem>.json`` beside a mesh file ({"name", "tags", "categories", "license", ...}), else its stem as name."""
+    """``<stem>.json`` beside a mesh file ({"name", "tags", "categories", "license", ...}), else its stem as name.
+    A sidecar that is not such an object raises BadInput (``bad_sidecar``) naming it."""
     side = os.path.splitext(path)[0] + ".json"
     meta: dict[str, Any] = {"name": os.path.splitext(os.path.basename(path))[0], "tags": [], "categories": []}
-    if os.path.exists(side):
+    if not os.path.exists(side):
+        return meta
+    try:
         with open(side) as f:
-            meta.update(json.load(f))
-    return meta
+            found = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput("bad_sidecar", f"{side}: {e}") from None
+    if not isinstance(found, dict):
+        raise BadInput("bad_sidecar", f"{side}: a JSON object is expected, not {type(found).__name__}")
+    wrong = [k for k in ("tags", "categories") if k in found and not (
+        isinstance(found[k], list) and all(isinstance(t, str) for t in found[k]))]
+    wrong += [k for k in ("name", "license") if k in found and not isinstance(found[k], (str, type(None)))]
+    if wrong:
+        raise BadInput("bad_sidecar", f"{side}: wrong type for {wrong} (name/license strings, tags/categories "
+                                      "lists of strings)")
+    return {**meta, **found}
 
 
 def list_file_units(paths: list[str]) -> tuple[list[Unit], Counter]:
-    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file)."""
+    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file); a file
+    that cannot be read or whose sidecar is unusable becomes an unusable unit (quarantined by name)."""
     units, seen, dropped = [], set(), Counter()
     for path in paths:
-        sha1 = file_sha1(path)
+        try:
+            sha1 = file_sha1(path)
+        except OSError as e:
+            units.append(Unit.unusable(f"file:{os.path.abspath(path)}", BadInput("unreadable_file", f"{path}: {e}")))
+            continue
         if sha1 in seen:
             dropped["duplicate_file"] += 1
             continue
         seen.add(sha1)
-        units.append(Unit(f"file:{sha1}", {"sha1": sha1, "path": os.path.abspath(path), "meta": sidecar_meta(path)}))
+        try:
+            meta = sidecar_meta(path)
+        except BadInput as e:
+            units.append(Unit.unusable(f"file:{sha1}", e))
+            continue
+        units.append(Unit(f"file:{sha1}", {"sha1": sha1, "path": os.path.abspath(path), "meta": meta}))
     return units, dropped
 
 

@@ -14,9 +14,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 
+from datagen import files
 from datagen.labeling import router_data
 from datagen.labeling.detection import DetectionParams
 from datagen.readers.download import DownloadParams, Fetcher, decode_image, fetch_image
@@ -42,7 +42,7 @@ def read_list(path: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     ext = path.rsplit(".", 1)[-1].lower()
-    with fsspec.open(path, "rb") as f:
+    with files.open_url(path, "rb") as f:
         if ext == "parquet":
             return pq.read_table(f)
         if ext in ("csv", "tsv"):
@@ -67,6 +67,10 @@ def list_units(path: str, url_col: str = "url", caption_col: str | None = "capti
     units = []
     for i, row in enumerate(rows):
         uid = f"urls:{dataset}:{i}"
+        if not isinstance(row[url_col], (str, type(None))):  # a number, a list: this row is quarantined
+            units.append(Unit.unusable(uid, BadInput("bad_url", f"{path} row {i}: {url_col} is {row[url_col]!r}, "
+                                                                f"not a string")))
+            continue
         url = (row[url_col] or "").strip()
         ref = {"dataset": dataset, "row": i, "url": url, "caption": row[caption_col] if caption_col else None,
                "extra": {c: row[c] for c in keep_columns}, "duplicate_of": first.get(url) if url else None}

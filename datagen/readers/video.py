@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
 
+from datagen import files, images
 from datagen.labeling import filters
 from datagen.labeling.filters import FilterParams
 from datagen.params import Params
@@ -60,6 +61,7 @@ class SamplingParams(Params):
     min_sharpness: float = 100.0  # variance of the Laplacian (grey, long side ≤ 512 px) below → blurry
     max_hash_distance: int = 6  # perceptual-hash Hamming distance (of 64 bits) at or below → near-duplicate
     max_side: int | None = None  # frames with a longer side are downscaled while decoding
+    max_pixels: int = images.MAX_PIXELS  # a stream declaring larger frames is refused before decoding
 
     @model_validator(mode="after")
     def _frames_range(self):
@@ -81,7 +83,7 @@ def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def _read_list(url: str, column: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = files.url_to_fs(url)
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".txt"):
             entries = [ln.strip() for ln in f.read().decode("utf-8").splitlines()]
@@ -102,7 +104,7 @@ def list_videos(inputs: list[str], column: str = "path", extensions: tuple[str, 
     """Every clip the inputs name, in a deterministic order, each once. A missing input raises here."""
     out: list[str] = []
     for entry in inputs:
-        fs, path = fsspec.core.url_to_fs(entry)
+        fs, path = files.url_to_fs(entry)
         if path.lower().endswith(LIST_EXTENSIONS):
             out += _read_list(entry, column)
         elif fs.isdir(path):
@@ -126,7 +128,7 @@ def list_units(urls: list[str]) -> list[Unit]:
 @contextlib.contextmanager
 def open_video(url: str) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """The container and its first video stream; broken inputs raise BadInput with the reason."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = files.url_to_fs(url)
     try:
         size = fs.size(path)
     except FileNotFoundError:
@@ -347,6 +349,7 @@ class Sampled:
 def sample_clip(url: str, p: SamplingParams, fp: FilterParams | None = None) -> Sampled:
     """2–5 sharp, distinct frames of the clip's longest shot; Rejected when the clip has none to give."""
     with open_video(url) as (container, stream):
+        images.check_pixels(stream.codec_context.width, stream.codec_context.height, p.max_pixels, url)
         if fp is not None:
             filters.check_image_size(stream.codec_context.width, stream.codec_context.height, fp)
         s = scan(container, stream, p, url)

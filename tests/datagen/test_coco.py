@@ -190,3 +190,56 @@ def test_captions_name_counts_and_categories():
     assert router_data.caption(["person", "person", "person"]) == "a photo of three people"
     assert router_data.caption(["person", "dog", "person"]) == "a photo of a dog and two people"
     assert router_data.caption(["elephant", "cat", "cat"]) == "a photo of two cats and an elephant"
+
+
+def ann(k, image_id, box=(0, 0, 10, 10)):
+    return {"id": k, "image_id": image_id, "category_id": 1, "bbox": list(box), "segmentation": [], "iscrowd": 0}
+
+
+def test_duplicate_image_ids_and_file_names_are_quarantined_not_written_twice(tmp_path):
+    images = [{"id": i, "file_name": f, "width": W, "height": H}
+              for i, f in ((1, "a.jpg"), (2, "a.jpg"), (3, "c.jpg"), (3, "c.jpg"), (4, "d.jpg"), (4, "e.jpg"),
+                           (10, "f.jpg"))]
+    images.append({"file_name": "g.jpg"})  # no id
+    anns = [ann(k, i) for k, i in enumerate((1, 2, 3, 4, 10), 1)] + [{"id": 9, "bbox": [0, 0, 1, 1]}]
+    units = coco.list_units(write(tmp_path, make_doc(images, anns)), str(tmp_path), coco.CocoParams())
+    ids = [u.id.rsplit(":", 1)[1] for u in units]
+    assert len(ids) == len(set(ids))  # the runner refuses repeated unit ids (a raw ValueError before)
+    good = [u for u in units if not u.ref.get("listing")]
+    assert [u.id.rsplit(":", 1)[1] for u in good] == ["1", "3", "10"]  # numeric order; 3 listed twice, same entry
+    assert len({u.ref["file_name"] for u in good}) == len(good)  # one sample key per file name
+    outcomes = {u.id.rsplit(":", 1)[1]: Item(u).outcome for u in units if u.ref.get("listing")}
+    assert {k: (o.kind, o.stage, o.reason) for k, o in outcomes.items()} == {
+        "2": ("filtered", "list", "duplicate_file_name"),
+        "4": ("failed", "list", "conflicting_image_entries"),
+        "images[7]": ("failed", "list", "bad_image_entry"),
+        "annotations[5]": ("failed", "list", "bad_annotation"),
+    }
+    assert "a.jpg is also image 1" in outcomes["2"].detail
+
+
+def test_masks_are_built_only_for_instances_that_pass_the_box_rules(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    many = [(float(x), float(y), 12.0, 30.0) for x, y in rng.integers(0, 480, (10_000, 2))]  # tiny: area rule
+    unit = scene(tmp_path, TWO + many)
+    built = []
+    real = coco.segmentation_mask
+    monkeypatch.setattr(coco, "segmentation_mask", lambda *a: built.append(1) or real(*a))
+    with pytest.raises(Rejected, match="too_many_annotations"):  # bounded by default, before reading the image
+        coco.load_sample(Item(unit), coco.CocoParams())
+    assert not built
+    item = coco.load_sample(Item(unit), coco.CocoParams(max_annotations=20_000))
+    assert len(built) == 2 and len(item.samples[0].subjects) == 2  # 10 002 annotations, 2 masks
+    assert item.drops["coco/box_area_small"] == 10_000
+
+
+def test_a_declared_bomb_is_refused_before_reading(tmp_path):
+    from tests.bombs import png_bomb
+
+    unit = scene(tmp_path, TWO)
+    (tmp_path / "im.jpg").write_bytes(png_bomb())
+    with pytest.raises(Rejected, match="too_many_pixels"):  # the file's header: refused, not decoded
+        coco.load_sample(Item(unit), coco.CocoParams())
+    big = {**unit.ref, "width": 20_000, "height": 20_000}
+    with pytest.raises(Rejected, match="too_many_pixels"):  # the annotation's size: refused, not read
+        coco.load_sample(Item(type(unit)(unit.id, big)), coco.CocoParams())

@@ -134,3 +134,44 @@ def test_choose_pairs_prefers_shared_styles_and_spreads_ties():
     assert ties == [("a", "u1"), ("b", "u2"), ("c", "u3")]
     assert df2.choose_pairs(shop, {"u": {1, 2}}, 2) == [("b", "u"), ("a", "u")]
     assert df2.choose_pairs(shop, {"u": {3}}, 1) == []
+
+
+def test_a_root_with_brackets_and_colons_is_a_name_not_a_pattern(tmp_path, root):
+    odd = tmp_path / "df2[v2]::x"
+    shutil.copytree(root, odd)
+    units = df2.list_units(str(odd))
+    assert [u.ref["pair_id"] for u in units] == [1, 2, 3, 4]  # glob read "[v2]" as a pattern: 0 units
+    assert load(units[0]).samples  # annotations and images open under the same root
+
+
+def test_unusable_annotations_are_quarantined_by_name_and_the_rest_listed(root):
+    annos = os.path.join(root, "annos")
+    with open(os.path.join(annos, "900001.json"), "w") as f:
+        json.dump([1, 2], f)  # valid JSON, not an annotation
+    with open(os.path.join(annos, "900002.json"), "w") as f:
+        f.write('{"source": "shop", "pair_id"')  # truncated
+    edit(root, "000007", lambda a: a.update(pair_id="seven"))
+    units = df2.list_units(root)
+    bad = {u.id: Item(u).outcome for u in units if u.ref.get("listing")}
+    assert [u.ref["pair_id"] for u in units if not u.ref.get("listing")] == [1, 2, 3, 4]
+    assert {k: (o.kind, o.stage, o.reason) for k, o in bad.items()} == {
+        "deepfashion2:train:annos/000007.json": ("failed", "list", "not_a_deepfashion2_annotation"),
+        "deepfashion2:train:annos/900001.json": ("failed", "list", "not_a_deepfashion2_annotation"),
+        "deepfashion2:train:annos/900002.json": ("failed", "list", "corrupt_annotation"),
+    }
+    assert "'seven'" in bad["deepfashion2:train:annos/000007.json"].detail
+
+
+def test_a_missing_annos_folder_stops_the_listing_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="annos"):
+        df2.list_units(str(tmp_path))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(root):
+    from tests.bombs import png_bomb
+
+    with open(os.path.join(root, "image", "000002.jpg"), "wb") as f:
+        f.write(png_bomb())  # 16500²: between Pillow's warning and error limits
+    item = load(units_by_pair(root)[1])
+    assert item.drops["deepfashion2/too_many_pixels"] == 1
+    assert [(s.provenance["shop"], s.provenance["user"]) for s in item.samples] == [("000001", "000003")]

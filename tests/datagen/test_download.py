@@ -3,12 +3,16 @@ for transient errors only, an attempt never past its deadline (also when the ser
 local files, and the downscale."""
 
 import io
+import ipaddress
+import socket
 import time
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from datagen.readers import download
 from datagen.readers.download import DownloadParams, Fetcher, fetch_image, resize
 from datagen.units import BadInput, Rejected
 from tests.image_server import ImageServer
@@ -31,9 +35,12 @@ class Sleeps(list):
         self.append(seconds)
 
 
+TRUSTED = {"schemes": ["http", "https", "file"], "allow_private_addresses": True}  # the test server, local files
+
+
 def fetcher(**kw):
     sleeps = Sleeps()
-    p = DownloadParams(**{"timeout_s": 0.5, "retries": 2, "backoff_s": 0.01, **kw})
+    p = DownloadParams(**{"timeout_s": 0.5, "retries": 2, "backoff_s": 0.01, **TRUSTED, **kw})
     return Fetcher(p, sleep=sleeps), sleeps
 
 
@@ -116,10 +123,12 @@ def test_local_files_and_file_urls(tmp_path):
     path.write_bytes(encoded("PNG", 600, 520))
     assert fetch_image(f, str(path))[0].shape == (520, 600, 3)
     assert fetch_image(f, f"file://{path}")[0].shape == (520, 600, 3)
-    for url, reason in ((f"file://{tmp_path}/gone.jpg", "missing_file"), ("nope://x/y.jpg", "bad_url")):
+    for url, reason in ((f"file://{tmp_path}/gone.jpg", "missing_file"), ("nope://x/y.jpg", "scheme_not_allowed")):
         with pytest.raises(BadInput) as e:
             f.fetch(url)
         assert e.value.reason == reason
+    with pytest.raises(BadInput, match="bad_url"):  # a scheme allowed by config that fsspec does not know
+        fetcher(schemes=["nope"])[0].fetch("nope://x/y.jpg")
 
 
 def test_min_side_and_downscale(tmp_path):
@@ -135,3 +144,56 @@ def test_min_side_and_downscale(tmp_path):
     assert resize(image, None, 900).shape == (600, 900, 3)
     assert resize(image, 400, 500).shape == (333, 500, 3)  # both rules: the stricter wins
     assert resize(image, 2000, 4000) is image  # never upscaled
+
+
+def test_by_default_only_http_to_public_addresses_is_fetched(server, tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(server.images["a.jpg"])
+    f = Fetcher(DownloadParams(retries=0))  # the defaults: a URL list is untrusted
+    hits = sum(server.hits.values())
+    for url, reason in ((str(path), "scheme_not_allowed"), (f"file://{path}", "scheme_not_allowed"),
+                        (server.url("good", "a.jpg"), "address_not_allowed"),
+                        ("http://localhost:1/a.jpg", "address_not_allowed"),
+                        ("http://169.254.169.254/latest/meta-data/", "address_not_allowed"),  # cloud metadata
+                        ("http://[::ffff:10.0.0.1]/a.jpg", "address_not_allowed"),
+                        ("s3://bucket/a.jpg", "scheme_not_allowed")):
+        with pytest.raises(BadInput) as e:
+            f.fetch(url)
+        assert e.value.reason == reason, url
+    assert sum(server.hits.values()) == hits  # the server never saw a request
+
+
+@pytest.fixture
+def internet(monkeypatch):
+    """127.0.0.2 stands in for a public host (nothing here can reach a real one); names resolve as mapped."""
+    names: dict[str, list[str]] = {}
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kw):
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host].pop(0), port))]
+        return resolve(host, port, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(download, "is_public", lambda ip: ip == ipaddress.ip_address("127.0.0.2"))
+    with ImageServer({"a.jpg": encoded("JPEG")}, host="127.0.0.2") as public:
+        yield names, public
+
+
+def test_redirects_and_rebinding_names_cannot_reach_private_addresses(server, internet, tmp_path):
+    names, public = internet
+    f = Fetcher(DownloadParams(retries=0))
+    assert f.fetch(public.url("good", "a.jpg")) == public.images["a.jpg"]  # the stand-in public host is fetched
+    hits = sum(server.hits.values())
+    for target, reason in ((server.url("good", "a.jpg"), "address_not_allowed"),
+                           (f"file://{tmp_path}/a.jpg", "scheme_not_allowed"),
+                           ("ftp://127.0.0.1/a.jpg", "scheme_not_allowed")):
+        with pytest.raises(BadInput) as e:
+            f.fetch(public.url("redirect", quote(target, safe="")))
+        assert e.value.reason == reason, target
+    port = server.server_address[1]
+    names["rebind.test"] = ["127.0.0.2", "127.0.0.1"]  # public when checked, private when connecting
+    with pytest.raises(BadInput) as e:
+        f.fetch(f"http://rebind.test:{port}/good/a.jpg")
+    assert e.value.reason == "address_not_allowed"
+    assert sum(server.hits.values()) == hits  # the private server never saw a request

@@ -102,6 +102,20 @@ def test_local_files_are_units_by_content(tmp_path):
     assert units[1].ref["meta"] == {"name": "Blue Bottle", "tags": ["glass"], "categories": []}
 
 
+@pytest.mark.parametrize("sidecar, says", [("[1, 2]", "not list"), ('{"name": "x", "tags": "glass"}', "tags"),
+                                           ('{"name": ', "line 1"), ('{"name": 7}', "name")])
+def test_an_unusable_sidecar_quarantines_its_file_by_name_and_the_rest_is_listed(tmp_path, sidecar, says):
+    (tmp_path / "a.glb").write_bytes(b"one")
+    (tmp_path / "b.glb").write_bytes(b"two")
+    (tmp_path / "b.json").write_text(sidecar)
+    units, _ = objaverse.list_file_units(objaverse.mesh_files(str(tmp_path)))
+    assert [u.ref.get("meta", {}).get("name") for u in units] == ["a", None]
+    outcome = Item(units[1]).outcome
+    assert units[1].id == "file:" + objaverse.file_sha1(str(tmp_path / "b.glb"))
+    assert (outcome.kind, outcome.stage, outcome.reason) == ("failed", "list", "bad_sidecar")
+    assert str(tmp_path / "b.json") in outcome.detail and says in outcome.detail
+
+
 def test_metadata_captions_and_phrases():
     p = CaptionParams(max_tags=2)
     assert objaverse.clean_name("SM_Wooden_Chair_01 (3D model)") == "wooden chair"

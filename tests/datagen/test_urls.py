@@ -39,6 +39,33 @@ def test_lists_in_every_format_mark_duplicates(tmp_path, fmt):
         urls.list_units(str(path), caption_col="TEXT")
 
 
+def test_rows_whose_url_is_not_a_string_are_quarantined_by_row(tmp_path):
+    path = tmp_path / "ids.jsonl"  # a column of numbers (an id column named url): no row can be fetched
+    path.write_text('{"url": 123, "caption": "a"}\n{"url": 4.5, "caption": "b"}\n{"url": null, "caption": "c"}\n')
+    units = urls.list_units(str(path))
+    outcomes = [Item(u).outcome for u in units]
+    assert [(o.stage, o.reason) for o in outcomes[:2]] == [("list", "bad_url")] * 2
+    assert "row 0: url is 123" in outcomes[0].detail
+    assert outcomes[2] is None and units[2].ref["url"] == ""  # empty: the download stage says bad_url
+
+
+def test_an_untrusted_list_naming_a_local_file_and_a_loopback_server_fetches_neither(tmp_path):
+    path = tmp_path / "secret.png"
+    path.write_bytes(encoded("PNG", 800, 600))
+    listing = tmp_path / "list.jsonl"
+    with ImageServer({"a.jpg": encoded("JPEG")}) as s:
+        rows = [str(path), f"file://{path}", s.url("good", "a.jpg"), s.url("good", "a.jpg").replace("127.0.0.1",
+                                                                                                     "localhost")]
+        listing.write_text("".join(json.dumps({"url": u, "caption": "x"}) + "\n" for u in rows))
+        out = urls.Download(DownloadParams(retries=0), ["person"])([Item(u) for u in urls.list_units(str(listing))])
+        assert not s.hits  # not one request reached the server
+    assert [(it.outcome.kind, it.outcome.stage, it.outcome.reason) for it in out] == [
+        ("failed", "download", "scheme_not_allowed")] * 2 + [("failed", "download", "address_not_allowed")] * 2
+    assert not any(it.samples for it in out)
+    trusted = DownloadParams(schemes=["http", "file"], allow_private_addresses=True)  # what a config may allow
+    assert all(it.alive for it in urls.Download(trusted, ["person"])([Item(u) for u in urls.list_units(str(listing))][:2]))
+
+
 def test_download_batch_is_concurrent_and_settles_every_row(tmp_path):
     listing = tmp_path / "list.jsonl"
     with ImageServer({"a.jpg": encoded("JPEG"), "small.jpg": encoded("JPEG", 300, 200)}, latency_s=0.3) as s:
@@ -48,7 +75,7 @@ def test_download_batch_is_concurrent_and_settles_every_row(tmp_path):
                  {"url": rows[0]["url"], "caption": "listed twice"}, {"url": "", "caption": "empty"}]
         listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
         items = [Item(u) for u in urls.list_units(str(listing))]
-        out = urls.Download(DownloadParams(threads=16, timeout_s=5), ["person"])(items)
+        out = urls.Download(DownloadParams(threads=16, timeout_s=5, allow_private_addresses=True), ["person"])(items)
         assert s.max_in_flight >= 8  # the rows were fetched at once, not one after the other
     assert [it.unit.id for it in out] == [it.unit.id for it in items]  # order kept
     good = out[:12]
@@ -67,7 +94,7 @@ def downloaded(tmp_path, caption="three friends"):
     path.write_bytes(encoded("PNG", 800, 600))
     listing = tmp_path / "list.jsonl"
     listing.write_text(json.dumps({"url": str(path), "caption": caption}) + "\n")
-    [item] = urls.Download(DownloadParams(), ["person"])([Item(u) for u in urls.list_units(str(listing))])
+    [item] = urls.Download(DownloadParams(schemes=["file"]), ["person"])([Item(u) for u in urls.list_units(str(listing))])
     return item
 
 

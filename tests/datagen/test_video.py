@@ -186,3 +186,20 @@ def test_display_matrix_rotation_is_applied_to_every_frame(tmp_path, rotation, c
             x = slice(w // 32, w // 8) if cx == 0 else slice(w - w // 8, w - w // 32)
             r, g, b = im[y, x].reshape(-1, 3).mean(0)
             assert bool(r > g + 100 and r > b + 100) == ((cy, cx) == corner), (rotation, (cy, cx), (r, g, b))
+
+
+def test_odd_local_names_are_read_as_names(clips, tmp_path):
+    odd = tmp_path / "clips[1]"
+    odd.mkdir()
+    os.link(clips["pan_cut.mp4"], odd / "a::b.mp4")  # fsspec read "::" as a chained URL: missing_file
+    [listed] = video.list_videos([str(odd)])
+    assert listed == str(odd / "a::b.mp4")
+    assert video.list_videos([listed]) == [listed]
+    s = video.sample_clip(listed, SamplingParams(max_frames=2), FP)
+    assert len(s.frames) == 2
+
+
+def test_frames_above_max_pixels_are_refused_before_decoding(clips):
+    with pytest.raises(Rejected) as e:
+        video.sample_clip(clips["pan_cut.mp4"], SamplingParams(max_pixels=320 * 240 - 1), FP)
+    assert e.value.reason == "too_many_pixels" and "320x240" in e.value.detail

@@ -61,3 +61,39 @@ def test_rerun_writes_nothing(run, capsys):
     assert cli_main(["coco", "--config", cfg]) == 0
     assert "7 units listed, 7 already done, 0 to process" in capsys.readouterr().out
     assert shards.list_shards(out) == before
+
+
+@pytest.mark.slow
+def test_hostile_inputs_are_quarantined_by_name_and_the_dataset_validates(tmp_path):
+    import json
+    import shutil
+
+    from tests.bombs import png_bomb
+
+    made = coco_inputs.make(str(tmp_path / "made"))
+    images = tmp_path / "in[1]::x" / "images"  # brackets and a URL-chain marker in the inputs' path
+    shutil.copytree(made["images"], images)
+    doc = json.loads(open(made["annotations"]).read())
+    first = doc["images"][0]
+    people = [a for a in doc["annotations"] if a["image_id"] == first["id"]]
+    (images / "bomb.png").write_bytes(png_bomb())  # declared 768x576 in the file, 16500² in its header
+    doc["images"] += [{**first, "id": 90, "file_name": "bomb.png"}, {**first, "id": 91}, dict(first)]
+    doc["annotations"] += [{**a, "id": 9000 + 10 * i + k, "image_id": i}
+                           for i in (90, 91) for k, a in enumerate(people)] + [{"id": 9999, "bbox": [0, 0, 1, 1]}]
+    annotations = tmp_path / "in[1]::x" / "instances.json"
+    annotations.write_text(json.dumps(doc))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"out: {tmp_path / 'ds'}\nmodels: tiny\nray: {{num_cpus: 2}}\nwriter: {{units_per_shard: 2}}\n"
+                   f"sources:\n  coco:\n    annotations: '{annotations}'\n    images: '{images}'\n")
+    assert cli_main(["coco", "--config", str(cfg)]) == 0
+    out = str(tmp_path / "ds")
+    assert validate(out).ok
+    q = {r["unit_id"].rsplit(":", 1)[1]: (r["kind"], r["stage"], r["reason"])
+         for r in shards.read_table(out, shards.QUARANTINE_FILE).to_pylist()}
+    assert {k: q[k] for k in ("90", "91", "annotations[" + str(len(doc["annotations"]) - 1) + "]")} == {
+        "90": ("filtered", "load", "too_many_pixels"),
+        "91": ("filtered", "list", "duplicate_file_name"),
+        "annotations[" + str(len(doc["annotations"]) - 1) + "]": ("failed", "list", "bad_annotation"),
+    }
+    assert sorted(s.provenance["file_name"] for s in shards.iter_samples(out)) == [
+        "000000.jpg", "000001.jpg", "000002.jpg"]  # each once; image 1 listed twice is one unit

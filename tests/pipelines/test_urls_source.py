@@ -59,7 +59,8 @@ def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
     listing = tmp_path / "list.jsonl"
     listing.write_text("".join(json.dumps({"url": server.url(route, name), "caption": f"{route} {name}"}) + "\n"
                                for route, name, _ in ROWS))
-    scfg = Config(url_list=str(listing), download=DownloadParams(timeout_s=3.0, retries=1, backoff_s=0.05))
+    scfg = Config(url_list=str(listing), download=DownloadParams(timeout_s=3.0, retries=1, backoff_s=0.05,
+                                                                   allow_private_addresses=True))
     cfg = PipelineConfig(out=str(tmp_path / "ds"), writer=WriterConfig(units_per_shard=4))
     out, source = cfg.out, FakePersonsUrls(BOXES)
     unit = lambda i: f"urls:list.jsonl:{i}"  # noqa: E731
@@ -95,7 +96,8 @@ def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
 def test_real_source_on_the_sample_inputs(ray_local, tmp_path):
     made = url_inputs.make(str(tmp_path / "inputs"))
     cfg = PipelineConfig(out=str(tmp_path / "ds"), models="tiny")
-    result = run_source(SOURCE, cfg, source_cfg=Config(url_list=made["url_list"]))
+    result = run_source(SOURCE, cfg, source_cfg=Config(url_list=made["url_list"],
+                                                                 download=DownloadParams(schemes=["file"])))
     assert sum(result.processed.values()) == 8
     q = quarantine(cfg.out)
     assert {q[f"urls:urls.jsonl:{i}"] for i in (4, 5, 6, 7)} == {

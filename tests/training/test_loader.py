@@ -269,9 +269,43 @@ def test_index_and_tar_disagreeing_is_an_error(colour_dataset):
     root = colour_dataset(1, 3)
     rows = shards.read_table(root, shards.INDEX_FILE).to_pylist()
     shards.write_index(root, rows + [{**rows[0], "key": "ghost"}])
-    src = open_sources(data_cfg([root]))[0]
-    with pytest.raises(shards.FormatError, match="index lists 4 samples, tar holds 3"):
-        list(streams.read_shard(src, 0))
+    src = open_sources(data_cfg([root], max_broken_fraction=1.0))[0]
+    with pytest.raises(streams.BrokenShardsError, match="index lists 4 samples, tar holds 3"):
+        list(streams.read_shard(src, 0))  # its only shard: nothing left to read
+
+
+def truncate_shard(root: str, k: int) -> str:
+    """Cut shard k of a dataset to half its bytes (a copy interrupted mid-file), mid-sample."""
+    path = streams.open_source(root, None, 1.0, True).urls[k]
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2 + 700)
+    return path
+
+
+def test_a_truncated_shard_is_skipped_with_a_warning_and_counted(colour_dataset, caplog):
+    root = colour_dataset(4, 3)
+    broken = truncate_shard(root, 2)
+    cfg = data_cfg([root], max_broken_fraction=0.25)
+    sources = open_sources(cfg)
+    raws = [raw for r in range(6) for raw in streams.round_samples(sources, 0, False, 6, 0, 1, r)]
+    assert len(raws) == 36  # the stream went on: every round is full
+    keys = {raw["__key__"] for raw in raws}
+    assert sum(k.startswith("ds-2-") for k in keys) == 1 and len(keys) == 10  # the sample before the break
+    assert sources[0].broken.keys() == {2}
+    warned = [r.getMessage() for r in caplog.records if "broken after" in r.getMessage()]
+    assert warned and all(broken in w and "broken shards of" in w and "1 of 4" in w for w in warned)
+    # the trainer's stream: batches keep coming past the broken shard
+    stream = SubjectStream(open_sources(cfg), cfg, FACTORS, 0, DataPosition(1))
+    assert len(list(zip(range(12), iter(stream)))) == 12
+
+
+def test_broken_shards_past_the_configured_fraction_stop_the_stream_naming_them(colour_dataset):
+    root = colour_dataset(4, 3)
+    broken = truncate_shard(root, 2)
+    sources = open_sources(data_cfg([root], max_broken_fraction=0.2))  # 1 of 4 is more than 20 %
+    with pytest.raises(streams.BrokenShardsError, match="1 of 4 shards broken") as e:
+        [raw for r in range(6) for raw in streams.round_samples(sources, 0, False, 6, 0, 1, r)]
+    assert broken in str(e.value) and "ReadError" in str(e.value)
 
 
 @pytest.mark.parametrize("workers, stop", [(0, 3), (2, 5)])
