@@ -2,8 +2,8 @@
 forward + backward (the floor any adapter training pays) measured in the same run.
 
 What a step is: exactly the trainer's (``training.trainer.step_losses``): VAE encode of the target and the
-references, text encoding, AnyStory forward (CLIP, QFormer, ReferenceNet, routed UNet), backward, the optimizer step on the stage's
-parameters; frozen weights in bf16, trained ones fp32 under bf16 autocast, gradient checkpointing. Batch sizes grow
+references, text encoding, AnyStory forward (CLIP, QFormer, ReferenceNet, routed UNet), backward, the optimizer
+step on the stage's parameters; frozen weights in bf16, trained ones fp32 under bf16 autocast, gradient checkpointing. Batch sizes grow
 until out of memory. Target: stage 2 at 1024², batch 1, ≤ 24 GB.
 
 Weights: random from ``anystory``'s shipped SDXL configs (time and memory do not depend on their values); the text
