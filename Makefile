@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Optional backends installed by `make setup` (see README "Extras"); `make setup-blender` for photoreal renders.
-EXTRAS ?= dev,render,official
+EXTRAS ?= dev,render,official,train8bit
 BLENDER_VENV ?= .venv-blender
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

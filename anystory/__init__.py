@@ -3,7 +3,7 @@ decoupled instance-aware router, routed attention processors, inference pipeline
 
 Modules: ``builders`` (shipped configs → components), ``encoder`` (QFormers, Eq. 2), ``reference_net`` (Eq. 3),
 ``router`` (§3.3, Eq. 4), ``attention`` (Eq. 5–8), ``model`` (training forward, stages, adapters), ``pipeline``,
-``visualize``, ``stats`` (``python -m anystory.stats``).
+``visualize``, ``stats`` (``python -m anystory.stats``), ``generate`` (``python -m anystory.generate``).
 """
 
 from anystory.attention import RoutingState, SubjectConditions

@@ -6,14 +6,19 @@ Real weights come from ``pretrained=``: a local directory or a Hugging Face cach
 ``local_files_only=True``; a missing model fails at once with its name and the command that fetches it.
 
 Build full SDXL sizes without weights only on the meta device (``with torch.device("meta"): build_unet()``).
+
+Every builder puts its module straight into ``dtype`` on ``device``: weights stream from the safetensors files to
+the device (``low_cpu_mem_usage``, ``device_map``), random ones are created there in that dtype
+(``init_context``). No fp32 copy is made on the host first (that copy was ≈ 25 GB per rank at SDXL size).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers import (
@@ -42,8 +47,8 @@ CLIP_VIT_H_SUBFOLDER = "models/image_encoder"
 
 
 def load_config(size: str, which: str) -> dict[str, Any]:
-    """The shipped config ``<size>_<which>.json``; ``which`` in unet, vae, clip_vision, anystory (tiny also:
-    text_encoder, text_encoder_2). ``load_config(size, "scheduler")`` is the one SDXL scheduler config."""
+    """The shipped config ``<size>_<which>.json``; ``which`` in unet, vae, clip_vision, anystory, text_encoder,
+    text_encoder_2. ``load_config(size, "scheduler")`` is the one SDXL scheduler config."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     path = CONFIG_DIR / ("scheduler.json" if which == "scheduler" else f"{size}_{which}.json")
@@ -71,29 +76,49 @@ def _sdxl_fetch(subfolders: str) -> str:
     return f"hf download {SDXL_BASE} --include {subfolders}"
 
 
-def place(module: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
-    """``module`` moved/cast when asked. Through ``nn.Module.to``: diffusers 0.42's ``ModelMixin.to`` warns about
-    float32-only modules on every dtype cast, even for models that have none."""
-    if device is None and dtype is None:
-        return module
-    return torch.nn.Module.to(module, device=device, dtype=dtype)
+@contextmanager
+def init_context(device=None, dtype=None) -> Iterator[None]:
+    """Modules built inside are created on ``device`` in ``dtype`` (torch's default device and dtype, restored on
+    exit): a random SDXL UNet in bf16 on the GPU never exists in fp32 on the host."""
+    previous = torch.get_default_dtype()
+    with ExitStack() as stack:
+        if device is not None:
+            stack.enter_context(torch.device(device))
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def _load_kwargs(device, dtype, dtype_key: str) -> dict[str, Any]:
+    """``from_pretrained`` keywords that load ``dtype`` straight onto ``device`` (diffusers: ``torch_dtype``,
+    transformers 5: ``dtype``). ``device_map`` needs a concrete device: "cuda" becomes the current CUDA device."""
+    kwargs: dict[str, Any] = {dtype_key: dtype, "low_cpu_mem_usage": True}
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        kwargs["device_map"] = {"": device}
+    return kwargs
 
 
 def build_unet(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> UNet2DConditionModel:
     """SDXL UNet: random from the shipped config, or from ``pretrained`` (an SDXL directory or hub id, ``unet/``)."""
     if pretrained is not None:
-        unet = from_local(UNet2DConditionModel.from_pretrained, "SDXL UNet", pretrained, "unet",
-                          _sdxl_fetch("'unet/*'"), torch_dtype=dtype)
-        return place(unet, device, None)
-    return place(UNet2DConditionModel.from_config(load_config(size, "unet")), device, dtype)
+        return from_local(UNet2DConditionModel.from_pretrained, "SDXL UNet", pretrained, "unet",
+                          _sdxl_fetch("'unet/*'"), **_load_kwargs(device, dtype, "torch_dtype"))
+    with init_context(device, dtype):
+        return UNet2DConditionModel.from_config(load_config(size, "unet"))
 
 
 def build_vae(size: str = "sdxl", pretrained: str | None = None, device=None, dtype=None) -> AutoencoderKL:
     if pretrained is not None:
-        vae = from_local(AutoencoderKL.from_pretrained, "SDXL VAE", pretrained, "vae", _sdxl_fetch("'vae/*'"),
-                         torch_dtype=dtype)
-        return place(vae, device, None)
-    return place(AutoencoderKL.from_config(load_config(size, "vae")), device, dtype)
+        return from_local(AutoencoderKL.from_pretrained, "SDXL VAE", pretrained, "vae", _sdxl_fetch("'vae/*'"),
+                          **_load_kwargs(device, dtype, "torch_dtype"))
+    with init_context(device, dtype):
+        return AutoencoderKL.from_config(load_config(size, "vae"))
 
 
 def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfolder: str | None = None, device=None,
@@ -103,10 +128,11 @@ def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfold
     if pretrained is not None:
         if subfolder is None and pretrained == CLIP_VIT_H:
             subfolder = CLIP_VIT_H_SUBFOLDER
-        clip = from_local(CLIPVisionModelWithProjection.from_pretrained, "CLIP ViT-H/14 image encoder", pretrained,
-                          subfolder, f"hf download {CLIP_VIT_H} --include '{CLIP_VIT_H_SUBFOLDER}/*'", dtype=dtype)
-        return place(clip, device, None)
-    return place(CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision"))), device, dtype)
+        return from_local(CLIPVisionModelWithProjection.from_pretrained, "CLIP ViT-H/14 image encoder", pretrained,
+                          subfolder, f"hf download {CLIP_VIT_H} --include '{CLIP_VIT_H_SUBFOLDER}/*'",
+                          **_load_kwargs(device, dtype, "dtype"))
+    with init_context(device, dtype):
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**load_config(size, "clip_vision")))
 
 
 SAMPLERS = ("edm", "edm-heun", "edm-euler", "euler")
@@ -156,22 +182,22 @@ def tiny_tokenizer() -> CLIPTokenizer:
 def build_text_encoders_and_tokenizers(size: str = "tiny", pretrained: str | None = None, device=None, dtype=None
                                        ) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
                                                   CLIPTokenizer]:
-    """SDXL's two text encoders and tokenizers: from ``pretrained`` (an SDXL directory or hub id), or tiny random
-    ones with an in-memory tokenizer (the SDXL sizes are not shipped: use the real weights)."""
+    """SDXL's two text encoders and tokenizers: from ``pretrained`` (an SDXL directory or hub id), or random ones
+    from the shipped configs (SDXL: CLIP ViT-L/14 and OpenCLIP bigG/14 text towers at their real sizes) with the
+    in-memory byte-level tokenizer — real shapes for memory and smoke runs, not SDXL's vocabulary."""
     if pretrained is not None:
         fetch = _sdxl_fetch("'text_encoder/*' 'text_encoder_2/*' 'tokenizer/*' 'tokenizer_2/*'")
-        te = from_local(CLIPTextModel.from_pretrained, "SDXL text encoder", pretrained, "text_encoder", fetch,
-                        dtype=dtype)
+        load = _load_kwargs(device, dtype, "dtype")
+        te = from_local(CLIPTextModel.from_pretrained, "SDXL text encoder", pretrained, "text_encoder", fetch, **load)
         te2 = from_local(CLIPTextModelWithProjection.from_pretrained, "SDXL text encoder 2", pretrained,
-                         "text_encoder_2", fetch, dtype=dtype)
+                         "text_encoder_2", fetch, **load)
         tok = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer", pretrained, "tokenizer", fetch)
         tok2 = from_local(CLIPTokenizer.from_pretrained, "SDXL tokenizer 2", pretrained, "tokenizer_2", fetch)
-        return place(te, device, None), place(te2, device, None), tok, tok2
-    if size != "tiny":
-        raise ValueError("SDXL text encoders are not shipped as configs: pass pretrained= (an SDXL directory)")
-    te = CLIPTextModel(CLIPTextConfig(**load_config(size, "text_encoder")))
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**load_config(size, "text_encoder_2")))
-    return place(te, device, dtype), place(te2, device, dtype), tiny_tokenizer(), tiny_tokenizer()
+        return te, te2, tok, tok2
+    with init_context(device, dtype):
+        te = CLIPTextModel(CLIPTextConfig(**load_config(size, "text_encoder")))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**load_config(size, "text_encoder_2")))
+    return te, te2, tiny_tokenizer(), tiny_tokenizer()
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -100,19 +100,20 @@ class AnyStoryModel(nn.Module):
         """All parts from the shipped configs of ``size``; the UNet (and the ReferenceNet copied from it) from an SDXL
         directory or hub id ``pretrained``, CLIP from ``clip_pretrained`` (with ``pretrained``, it defaults to
         IP-Adapter's ViT-H/14 in the HF cache), the subject QFormer and subject k/v warm-started from an IP-Adapter
-        Plus-SDXL file ``ip_adapter`` — each only when given; local files only."""
+        Plus-SDXL file ``ip_adapter`` — each only when given; local files only. Every part is created (or loaded)
+        directly on ``device`` in ``dtype`` (``builders.init_context``)."""
         if pretrained is not None and clip_pretrained is None:
             clip_pretrained = builders.CLIP_VIT_H
         unet = builders.build_unet(size, pretrained, device=device, dtype=dtype)
         clip = builders.build_clip_vision(size, clip_pretrained, device=device, dtype=dtype)
         cfg = builders.load_config(size, "anystory")
         clip_dim = clip.config.hidden_size
-        qformer = SubjectQFormer(embed_dims=clip_dim, output_dims=unet.config.cross_attention_dim,
-                                 **cfg["subject_qformer"])
-        router = SubjectRouter(latent_dims=[b.attn1.to_q.in_features for _, b in transformer_blocks(unet)],
-                               embed_dims=clip_dim, **cfg["router"])
-        model = cls(unet, clip, builders.place(qformer, device, dtype),
-                    ReferenceNet.from_unet(unet, **cfg["reference_net"]), builders.place(router, device, dtype))
+        with builders.init_context(device, dtype):
+            qformer = SubjectQFormer(embed_dims=clip_dim, output_dims=unet.config.cross_attention_dim,
+                                     **cfg["subject_qformer"])
+            router = SubjectRouter(latent_dims=[b.attn1.to_q.in_features for _, b in transformer_blocks(unet)],
+                                   embed_dims=clip_dim, **cfg["router"])
+        model = cls(unet, clip, qformer, ReferenceNet.from_unet(unet, **cfg["reference_net"]), router)
         if ip_adapter is not None:
             model.load_ip_adapter_plus(ip_adapter)
         return model

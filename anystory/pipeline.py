@@ -16,8 +16,12 @@ the background embedding only (Eq. 5 still adds it, so the image differs from pl
 
 from __future__ import annotations
 
+import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -64,6 +68,14 @@ def segment_subject(image, mask=None, margin: float = 0.1, fill: int = 255) -> t
     return PIL.Image.fromarray(canvas), canvas_mask
 
 
+ADAPTERS = "adapters"  # save_pretrained's adapter folder
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local directory as an absolute path (the saved folder may move); a hub id as it is."""
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
+
+
 class AnyStoryPipeline(StableDiffusionXLPipeline):
     """SDXL pipeline plus ``image_encoder`` (CLIP ViT-H/14), ``subject_qformer``, ``reference_net`` and ``router``."""
 
@@ -87,10 +99,42 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         if adapters is not None:
             model.load_adapters(adapters)
         te, te2, tok, tok2 = builders.build_text_encoders_and_tokenizers(size, pretrained, device=device, dtype=dtype)
-        return cls(vae=builders.build_vae(size, pretrained, device=device, dtype=dtype), text_encoder=te,
+        pipe = cls(vae=builders.build_vae(size, pretrained, device=device, dtype=dtype), text_encoder=te,
                    text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2, unet=model.unet,
                    scheduler=builders.build_scheduler(pretrained, sampler), image_encoder=model.clip,
                    subject_qformer=model.subject_qformer, reference_net=model.reference_net, router=model.router)
+        pipe.base = {"size": size, "pretrained": _absolute(pretrained), "clip_pretrained": _absolute(clip_pretrained)}
+        return pipe
+
+    def save_pretrained(self, save_directory: str | Path, **_) -> None:
+        """diffusers' folder layout without the base weights: ``model_index.json`` (this class, the scheduler's class
+        and the base models it was built from — ids or absolute paths), ``scheduler/`` and ``adapters/`` (the
+        trained parts as safetensors, ``AnyStoryModel.save_adapters``). ``from_pretrained`` reads it back."""
+        base = getattr(self, "base", None)
+        if base is None:
+            raise ValueError("save_pretrained references the base models: build the pipeline with "
+                             "AnyStoryPipeline.build / from_pretrained (or set pipe.base)")
+        directory = Path(save_directory)
+        self.model.save_adapters(directory / ADAPTERS)
+        self.scheduler.save_pretrained(directory / "scheduler")
+        index = {"_class_name": type(self).__name__, "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", type(self.scheduler).__name__], "adapters": ADAPTERS, "base": base}
+        (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device=None, dtype=None, **base) -> AnyStoryPipeline:
+        """A ``save_pretrained`` folder: the base models from where it references them (override with ``size=``,
+        ``pretrained=``, ``clip_pretrained=``), its adapters and scheduler. Local files only."""
+        directory = Path(directory)
+        index = json.loads((directory / "model_index.json").read_text())
+        if index.get("_class_name") != cls.__name__:
+            raise ValueError(f"{directory}: model_index.json is a {index.get('_class_name')}, not a {cls.__name__}")
+        ref = {**index["base"], **base}
+        pipe = cls.build(ref["size"], ref["pretrained"], ref["clip_pretrained"], adapters=str(directory /
+                         index["adapters"]), device=device, dtype=dtype)
+        library, name = index["scheduler"]
+        pipe.scheduler = getattr(importlib.import_module(library), name).from_pretrained(directory / "scheduler")
+        return pipe
 
     def load_adapters(self, directory: str) -> list[str]:
         return self.model.load_adapters(directory)
@@ -112,8 +156,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             pixels = torch.stack([torch.from_numpy(np.array(im.resize((size, size), PIL.Image.Resampling.BICUBIC)))
                                   for im, _ in squares]).permute(0, 3, 1, 2).float() / 127.5 - 1
             refs = reference_latents(self.vae, pixels.to(device)).float()
-            ref_masks = downsample_masks(torch.from_numpy(np.stack([m for _, m in squares]))[:, None],
-                                         (latent, latent))
+            # one at a time: segmented squares differ in size between subjects
+            ref_masks = torch.cat([downsample_masks(torch.from_numpy(m)[None, None], (latent, latent))
+                                   for _, m in squares])
         batch = SubjectBatch(clip_pixel_values=clip[None].to(device), reference_latents=refs[None].to(device),
                              reference_masks=ref_masks[None].to(device),
                              valid=torch.ones(1, len(subjects), dtype=torch.bool, device=device))

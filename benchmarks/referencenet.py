@@ -3,6 +3,7 @@ Table 1: 62.0 → 53.2 ms on an A100, batch 1, 64×64 latent: ratio 0.858), and 
 inference with 2 and 4 subjects (CUDA only).
 
     python benchmarks/referencenet.py [--size sdxl|tiny] [--device cuda|cpu] [--repeats 20] [--steps 2]
+        [--resolution 1024] [--subjects 2 4]
 
 Random weights from the shipped configs. Default: SDXL sizes in bf16 on CUDA; without CUDA, tiny sizes in fp32 on
 CPU — a smoke run whose ratio says nothing about SDXL. "Original" is the full UNet (AnimateAnyone's ReferenceNet,
@@ -59,9 +60,9 @@ def forward_times(model: AnyStoryModel, repeats: int) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def peak_memory(model: AnyStoryModel, subjects: int, steps: int) -> tuple[float, float]:
-    """GiB allocated before and at the peak of one 1024² generation with ``subjects`` subjects (CFG on). SDXL's
-    text encoder weights are not shipped: random prompt embeddings stand in for them."""
+def peak_memory(model: AnyStoryModel, subjects: int, steps: int, resolution: int = 1024) -> tuple[float, float]:
+    """GiB allocated before and at the peak of one ``resolution``² generation with ``subjects`` subjects (CFG
+    on). Random prompt embeddings stand in for the text encoders."""
     device, dtype = model.unet.device, model.unet.dtype
     with torch.device(device):
         vae = builders.build_vae("sdxl", dtype=dtype)
@@ -80,8 +81,8 @@ def peak_memory(model: AnyStoryModel, subjects: int, steps: int) -> tuple[float,
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    pipe(prompt_embeds=text, pooled_prompt_embeds=pooled, subjects=images, subject_masks=masks, height=1024,
-         width=1024, num_inference_steps=steps, output_type="latent")
+    pipe(prompt_embeds=text, pooled_prompt_embeds=pooled, subjects=images, subject_masks=masks,
+         height=resolution, width=resolution, num_inference_steps=steps, output_type="latent")
     peak = torch.cuda.max_memory_allocated(device)
     return before / 2**30, peak / 2**30
 
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", type=int, default=2, help="denoising steps of the memory runs")
+    parser.add_argument("--resolution", type=int, default=1024, help="side of the inference memory runs")
+    parser.add_argument("--subjects", type=int, nargs="+", default=[2, 4], help="subjects per memory run")
     args = parser.parse_args()
     device = torch.device(args.device)
     size = args.size or ("sdxl" if device.type == "cuda" else "tiny")
@@ -103,11 +106,11 @@ def main() -> None:
     print(f"  original (full UNet) {original:8.2f} ms | simplified {simplified:8.2f} ms | "
           f"ratio {simplified / original:.3f} (paper: 53.2 / 62.0 = 0.858)")
     if device.type != "cuda" or size != "sdxl":
-        print("peak memory of 1024² inference: skipped (needs CUDA and SDXL sizes)")
+        print(f"peak memory of {args.resolution}² inference: skipped (needs CUDA and SDXL sizes)")
         return
-    for n in (2, 4):
-        before, peak = peak_memory(model, n, args.steps)
-        print(f"1024² inference, {n} subjects (CFG, {args.steps} steps): peak {peak:.2f} GiB allocated "
+    for n in args.subjects:
+        before, peak = peak_memory(model, n, args.steps, args.resolution)
+        print(f"{args.resolution}² inference, {n} subjects (CFG, {args.steps} steps): peak {peak:.2f} GiB allocated "
               f"({before:.2f} GiB of it weights and inputs)")
 
 

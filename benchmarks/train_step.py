@@ -2,15 +2,18 @@
 forward + backward (the floor any adapter training pays) measured in the same run.
 
 What a step is: exactly the trainer's (``training.trainer.step_losses``): VAE encode of the target and the
-references, text encoding, AnyStory forward (CLIP, QFormer, ReferenceNet, routed UNet), backward, AdamW on the stage's
-parameters; frozen weights in bf16, trained ones fp32 under bf16 autocast, gradient checkpointing. Batch sizes grow
+references, text encoding, AnyStory forward (CLIP, QFormer, ReferenceNet, routed UNet), backward, the optimizer
+step on the stage's parameters; frozen weights in bf16, trained ones fp32 under bf16 autocast, gradient checkpointing. Batch sizes grow
 until out of memory. Target: stage 2 at 1024², batch 1, ≤ 24 GB.
 
-Weights: random from ``anystory``'s shipped SDXL configs (time and memory do not depend on their values); SDXL's text
-encoders are not shipped as configs, so they are built here at CLIP ViT-L/14 and OpenCLIP bigG/14 text sizes. Give
-``--pretrained DIR`` (an SDXL diffusers directory) to use the real ones.
+Weights: random from ``anystory``'s shipped SDXL configs (time and memory do not depend on their values); the text
+encoders at CLIP ViT-L/14 and OpenCLIP bigG/14 text sizes. Give ``--pretrained DIR`` (an SDXL diffusers directory)
+to use the real ones.
 
     python benchmarks/train_step.py [--resolution 1024] [--batches 1 2 4 8 16] [--subjects 2] [--steps 5]
+        [--stages 2 1] [--optimizer adamw|adamw8bit] [--no-checkpointing]
+    python benchmarks/train_step.py --resolution 1024 --stages 2 --batches 1          # issue target: ≤ 24 GB, ≤ 1 s
+    python benchmarks/train_step.py --resolution 1024 --stages 1 --batches 1 --optimizer adamw8bit   # ≤ 40 GB
     python benchmarks/train_step.py            # without CUDA: the tiny CPU smoke run (--size sdxl to force)
 """
 
@@ -24,37 +27,21 @@ import time
 
 import torch
 from diffusers import DDPMScheduler
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from anystory import AnyStoryModel, builders  # noqa: E402
 from training.augment import normalize  # noqa: E402
-from training.trainer import Frozen, step_losses  # noqa: E402
-
-# SDXL's text encoders: CLIP ViT-L/14 text tower and OpenCLIP ViT-bigG/14 text tower (with projection).
-SDXL_TEXT = (
-    dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768,
-         hidden_act="quick_gelu"),
-    dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280,
-         hidden_act="gelu"),
-)
+from training.config import OptimConfig  # noqa: E402
+from training.optim import OPTIMIZERS, make_optimizer  # noqa: E402
+from training.trainer import Frozen, prepare_for_stage, step_losses  # noqa: E402
 
 
-def frozen_parts(size: str, pretrained: str | None, device: torch.device) -> Frozen:
-    if pretrained is not None or size == "tiny":
-        te, te2, tok, tok2 = builders.build_text_encoders_and_tokenizers(size, pretrained)
-    else:
-        tok = tok2 = builders.tiny_tokenizer()
-        common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
-        te = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT[0], **common))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT[1], **common))
-    vae = builders.build_vae(size, pretrained)
-    noise = DDPMScheduler.from_config(builders.build_scheduler(pretrained).config)
+def frozen_parts(size: str, pretrained: str | None, device: torch.device, dtype: torch.dtype) -> Frozen:
+    te, te2, tok, tok2 = builders.build_text_encoders_and_tokenizers(size, pretrained, device=device, dtype=dtype)
+    vae = builders.build_vae(size, pretrained, device=device, dtype=dtype)
     for m in (vae, te, te2):
-        m.requires_grad_(False).eval().to(device)
-        if device.type == "cuda":
-            m.to(torch.bfloat16)
-    return Frozen(vae, (te, te2), (tok, tok2), noise)
+        m.requires_grad_(False).eval()
+    return Frozen(vae, (te, te2), (tok, tok2), DDPMScheduler.from_config(builders.build_scheduler(pretrained).config))
 
 
 def batch_of(b: int, resolution: int, subjects: int, model: AnyStoryModel, device: torch.device) -> dict:
@@ -98,14 +85,16 @@ def timed_steps(step, steps: int, device: torch.device) -> tuple[float, float | 
 
 def run_stage(stage: int, args, device: torch.device) -> list[tuple]:
     torch.manual_seed(0)
-    model = AnyStoryModel.build(args.size, args.pretrained, device=device)
-    frozen = frozen_parts(args.size, args.pretrained, device)
-    params = model.freeze_for_stage(stage)
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model.cast_frozen(low)
-    model.enable_gradient_checkpointing()
+    # As the trainer: straight to the device in the training dtype (stage 1's UNet in fp32, ReferenceNet copied).
+    model = AnyStoryModel.build(args.size, args.pretrained, device=device,
+                                dtype=torch.float32 if stage == 1 else low)
+    frozen = frozen_parts(args.size, args.pretrained, device, low)
+    params = prepare_for_stage(model, stage, low)
+    if args.checkpointing:
+        model.enable_gradient_checkpointing()
     model.train()
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = make_optimizer(params, OptimConfig(optimizer=args.optimizer))
     rows = []
     for b in args.batches:
         batch = batch_of(b, args.resolution, args.subjects, model, device)
@@ -157,6 +146,9 @@ def main() -> None:
     p.add_argument("--subjects", type=int, default=2)
     p.add_argument("--steps", type=int)
     p.add_argument("--stages", type=int, nargs="+", default=[2, 1])
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw8bit: bitsandbytes")
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                   help="without gradient checkpointing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -169,15 +161,16 @@ def main() -> None:
     args.steps = args.steps or (5 if real else 2)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     precision = "bf16" if device.type == "cuda" else "fp32"
-    print(f"train step: {args.size} at {args.resolution}², {args.subjects} subjects/sample, {precision} + gradient "
-          f"checkpointing, AdamW, on {name}")
+    print(f"train step: {args.size} at {args.resolution}², {args.subjects} subjects/sample, {precision}, gradient "
+          f"checkpointing {'on' if args.checkpointing else 'off'}, {args.optimizer}, on {name}")
     for stage in args.stages:
         for _, b, t_step, peak, t_base in run_stage(stage, args, device):
             if t_step is None:
                 print(f"  stage {stage} batch {b:3d}: out of memory")
                 continue
             mem = f"{peak:6.1f} GiB" if peak is not None else "   n/a"
-            target = " (target <= 24 GB)" if stage == 2 and b == 1 and peak is not None else ""
+            target = {2: " (target <= 24 GB, <= 1.0 s)", 1: " (target <= 40 GB with adamw8bit)"}[stage] \
+                if b == 1 and peak is not None else ""
             print(f"  stage {stage} batch {b:3d}: {t_step:7.3f} s/step | {b / t_step:6.2f} samples/s | peak {mem}"
                   f"{target} | base UNet fwd+bwd {t_base:7.3f} s | ratio {t_step / t_base:.2f}x")
 

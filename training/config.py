@@ -68,6 +68,7 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes (extra `train8bit`)
     lr: float = 1e-4  # §4.1
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2

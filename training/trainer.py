@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -38,7 +38,7 @@ from anystory import (
     routing_loss,
 )
 from anystory.router import masks_at
-from training import checkpoints
+from training import checkpoints, optim
 from training.augment import normalize
 from training.config import Config
 from training.evaluate.during_training import TrainingEvaluation
@@ -70,19 +70,34 @@ class TrainResult:
 
 def build(cfg: Config, device: torch.device) -> tuple[AnyStoryModel, Frozen]:
     """Every component from ``anystory.builders`` (tiny random ones seeded by ``model.init_seed``), and in stage 2
-    the stage-1 adapters."""
+    the stage-1 adapters. Each is loaded (or created) straight on ``device`` in the training dtype, frozen parts
+    in ``train.mixed_precision``'s. Stage 1 loads the UNet in fp32: its trainable ReferenceNet is copied from it
+    before ``train`` casts the frozen weights down."""
     m = cfg.model
+    dtype = DTYPES[cfg.train.mixed_precision]
     torch.manual_seed(m.init_seed)
-    model = AnyStoryModel.build(m.size, m.pretrained, m.clip_pretrained, m.ip_adapter if cfg.stage == 1 else None)
+    model = AnyStoryModel.build(m.size, m.pretrained, m.clip_pretrained, m.ip_adapter if cfg.stage == 1 else None,
+                                device=device, dtype=torch.float32 if cfg.stage == 1 else dtype)
     if cfg.stage == 2:
         loaded = model.load_adapters(m.stage1_adapters, STAGE_PARTS[1])
         log.info("stage 2: loaded stage-1 adapters %s from %s", loaded, m.stage1_adapters)
-    te, te2, tok, tok2 = build_text_encoders_and_tokenizers(m.size, m.pretrained)
+    te, te2, tok, tok2 = build_text_encoders_and_tokenizers(m.size, m.pretrained, device=device, dtype=dtype)
     noise = DDPMScheduler.from_config(build_scheduler(m.pretrained).config)
-    frozen = Frozen(build_vae(m.size, m.pretrained), (te, te2), (tok, tok2), noise)
+    frozen = Frozen(build_vae(m.size, m.pretrained, device=device, dtype=dtype), (te, te2), (tok, tok2), noise)
     for module in (frozen.vae, te, te2):
-        module.requires_grad_(False).eval().to(device)
-    return model.to(device), frozen
+        module.requires_grad_(False).eval()
+    return model, frozen
+
+
+def prepare_for_stage(model: AnyStoryModel, stage: int, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    """Freeze all but the stage's parameters, frozen weights to ``dtype``, trained ones to fp32 (the optimizer's
+    master copy); returns the trained ones."""
+    params = model.freeze_for_stage(stage)
+    if dtype != torch.float32:
+        model.cast_frozen(dtype)
+    for p in params:
+        p.data = p.data.float()
+    return params
 
 
 def check_sizes(cfg: Config, model: AnyStoryModel, frozen: Frozen) -> None:
@@ -206,25 +221,29 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     accelerator = Accelerator(
         gradient_accumulation_steps=t.grad_accum, mixed_precision=t.mixed_precision, log_with=t.tracker,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+        # DDP: gradients live in its all-reduce buckets, not in a second copy (stage 1: 10.6 GB saved per rank)
+        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
     )
+    o = cfg.optim
+    optim.require(o.optimizer)  # a missing bitsandbytes fails here, before minutes of model loading
     model, frozen = build(cfg, accelerator.device)
     check_sizes(cfg, model, frozen)
     evaluation = TrainingEvaluation(cfg, accelerator.device) if t.eval_every and accelerator.is_main_process else None
-    params = model.freeze_for_stage(cfg.stage)
-    dtype = DTYPES[t.mixed_precision]
-    if dtype != torch.float32:
-        model.cast_frozen(dtype)  # the optimizer keeps fp32 copies of what it trains
-        for module in (frozen.vae, *frozen.text_encoders):
-            module.to(dtype=dtype)
+    params = prepare_for_stage(model, cfg.stage, DTYPES[t.mixed_precision])
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     set_seed(t.seed)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    optimizer = optim.make_optimizer(params, o)
     lr_scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps,
                                  num_training_steps=t.max_steps)
     factors = model.routing_factors
+    if accelerator.state.deepspeed_plugin is not None:  # ZeRO (configs/accelerate/zero2.yaml): no loader prepared
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.gradient_accumulation_steps != t.grad_accum:
+        raise ValueError(f"the accelerate config sets gradient_accumulation_steps "
+                         f"{accelerator.gradient_accumulation_steps}, train.grad_accum is {t.grad_accum}: make them "
+                         "equal (or leave it out of the accelerate config)")
     bare: AnyStoryModel = accelerator.unwrap_model(model)
     parts = STAGE_PARTS[cfg.stage]
     step = checkpoints.Counter()

@@ -44,4 +44,4 @@ def test_unknown_size_or_config_is_refused():
     with pytest.raises(ValueError, match="unknown size"):
         builders.load_config("sd15", "unet")
     with pytest.raises(FileNotFoundError, match="shipped"):
-        builders.load_config("sdxl", "text_encoder")
+        builders.load_config("sdxl", "tokenizer")
