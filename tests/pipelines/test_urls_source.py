@@ -85,7 +85,7 @@ def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
     assert retried.processed == {"kept": 1, "failed": 6}
     q = quarantine(out)
     assert unit(12) not in q and len(q) == 9
-    counts = ledger.summarize(ledger.reconcile(out, "urls"))
+    counts = ledger.Ledger.read(out, "urls").summarize()
     assert counts["units_kept"] == 4 and counts["samples"] == 4
     keys = [r["key"] for r in shards.read_table(out, shards.INDEX_FILE).to_pylist()]
     assert len(keys) == len(set(keys)) == 4
