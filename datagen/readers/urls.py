@@ -9,6 +9,7 @@ after it. Captions: the row's caption (alt text) unless a captioner re-captions 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,9 +51,16 @@ def read_list(path: str) -> pa.Table:
     raise ValueError(f"{path}: URL lists are .parquet, .csv, .tsv or .jsonl")
 
 
+def list_id(path: str) -> str:
+    """A list file's part of its unit ids: its name (readable) and a hash of its full path (unique: this month's
+    and next month's ``part-0.parquet`` in two folders must not share unit ids)."""
+    full = path if "://" in path else os.path.abspath(path)
+    return f"{os.path.basename(path)}-{hashlib.sha1(full.encode()).hexdigest()[:10]}"
+
+
 def list_units(path: str, url_col: str = "url", caption_col: str | None = "caption",
                keep_columns: tuple[str, ...] = ()) -> list[Unit]:
-    """One unit per row (id ``urls:<file name>:<row>``); a URL seen on an earlier row is marked a duplicate,
+    """One unit per row (id ``urls:<list_id(path)>:<row>``); a URL seen on an earlier row is marked a duplicate,
     so the first stage rejects it with a reason instead of writing the same key twice."""
     table = read_list(path)
     wanted = [url_col, *([caption_col] if caption_col else []), *keep_columns]
@@ -60,11 +68,11 @@ def list_units(path: str, url_col: str = "url", caption_col: str | None = "capti
     if missing:
         raise ValueError(f"{path}: no column {missing} (columns: {table.column_names})")
     rows = table.select(wanted).to_pylist()
-    dataset = os.path.basename(path)
+    dataset, name = os.path.basename(path), list_id(path)
     first: dict[str, str] = {}
     units = []
     for i, row in enumerate(rows):
-        uid = f"urls:{dataset}:{i}"
+        uid = f"urls:{name}:{i}"
         url = (row[url_col] or "").strip()
         ref = {"dataset": dataset, "row": i, "url": url, "caption": row[caption_col] if caption_col else None,
                "extra": {c: row[c] for c in keep_columns}, "duplicate_of": first.get(url) if url else None}

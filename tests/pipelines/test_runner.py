@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import pyarrow as pa
 import pytest
 
 from datagen import shards
@@ -122,6 +123,43 @@ def test_ledger_drops_orphans_and_parts_that_repeat_keys(tmp_path, sample_factor
     valid = ledger.reconcile(out, "toy")
     assert [list(p.shards) for p in valid] == [["toy-000000.tar"]]
     assert shards.list_shards(out) == ["toy-000000.tar"]  # the duplicate and the orphan (k9) are gone
+
+
+def test_a_key_of_another_unit_is_that_units_duplicate_key_once(ray_local, tmp_path):
+    out = tmp_path / "data" / "coco[1]"
+    run(out, units=["alias-0-x", "ok-0"])  # this month's list
+    # next month's list names x again (a new unit id), and two of its own units share y
+    second = run(out, units=["alias-0-x", "ok-0", "alias-1-x", "alias-2-y", "alias-3-y", "ok-1"])
+    assert second.processed == {"kept": 2, "filtered": 2}
+    q = {r["unit_id"]: r for r in shards.read_table(str(out), shards.QUARANTINE_FILE).to_pylist()}
+    assert {u for u, r in q.items() if r["reason"] == "duplicate_key"} == {"alias-1-x", "alias-3-y"}
+    assert "already in the dataset" in q["alias-1-x"]["detail"]
+    assert second.counts["filtered"] == {"write/duplicate_key": 2}
+    assert validate(str(out)).ok
+    third = run(out, units=["alias-0-x", "ok-0", "alias-1-x", "alias-2-y", "alias-3-y", "ok-1"])
+    assert sum(third.processed.values()) == 0  # decided once, not redone on every rerun
+
+
+def test_a_retried_writer_batch_never_leaves_a_key_twice(ray_local, tmp_path, sample_factory):
+    import ray
+
+    from pipelines.runner import ShardNumbers, write_batch
+    from pipelines.stages import batch_of
+    from datagen.units import Item, Unit
+
+    out = str(tmp_path / "ds")
+    items = [Item(Unit(f"u{i}"), samples=[sample_factory(key=f"k{i}")]) for i in range(3)]
+    numbers = ray.remote(num_cpus=0)(ShardNumbers).remote([])
+    claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(pa.array([], pa.string()))
+    kw = dict(out=out, source="toy", numbers=numbers, claims=claims, run_id="r", max_shard_bytes=10**9,
+              jpeg_quality=90)
+    first = write_batch(batch_of(items), **kw)
+    again = write_batch(batch_of(items), **kw)  # Ray reran the task: its first result was lost with a worker
+    assert list(first["status"]) == list(again["status"]) == ["kept"] * 3
+    state = ledger.Ledger.read(out, "toy")
+    keys = [r["key"] for r in shards.read_table(out, shards.INDEX_FILE).to_pylist()]
+    assert sorted(keys) == ["k0", "k1", "k2"] and len(shards.list_shards(out)) == 1
+    assert state.summarize()["samples"] == 3
 
 
 def write_cfg(tmp_path, text):
