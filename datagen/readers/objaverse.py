@@ -31,6 +31,7 @@ from datagen.render import RenderParams
 from datagen.render import render as render_views
 from datagen.render.meshes import FORMATS
 from datagen.shards import Frame, Sample, Subject
+from datagen.filecache import FileCache
 from datagen.units import BadInput, Item, Rejected, Unit
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,12 @@ def sidecar_meta(path: str) -> dict[str, Any]:
     return meta
 
 
-def list_file_units(paths: list[str]) -> tuple[list[Unit], Counter]:
-    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file)."""
+def list_file_units(paths: list[str], cache: FileCache | None = None) -> tuple[list[Unit], Counter]:
+    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file); with a
+    ``cache``, a file unchanged since an earlier run is not hashed again."""
     units, seen, dropped = [], set(), Counter()
     for path in paths:
-        sha1 = file_sha1(path)
+        sha1 = cache.get("sha1", path, file_sha1) if cache is not None else file_sha1(path)
         if sha1 in seen:
             dropped["duplicate_file"] += 1
             continue
