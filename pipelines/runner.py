@@ -91,7 +91,8 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
             o = it.outcome
             units.append(ledger.unit_record(it.unit.id, o.kind, stage=o.stage, reason=o.reason, detail=o.detail,
                                             drops=it.drops))
-    ledger.write_part(out, source, run_id, units, pa.Table.from_pylist(index, schema=shards.INDEX_SCHEMA), node=ray.get_runtime_context().get_node_id())
+    ledger.write_part(out, source, run_id, units, pa.Table.from_pylist(index, schema=shards.INDEX_SCHEMA),
+                      node=ray.get_runtime_context().get_node_id())
     return {
         "unit_id": np.array([u["unit_id"] for u in units], dtype=object),
         "status": np.array([u["status"] for u in units], dtype=object),
