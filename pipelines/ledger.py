@@ -139,6 +139,8 @@ class Ledger:
     def read(cls, out: str, source: str) -> "Ledger":
         """Read the source's ledger once and reconcile it with the shards on disk."""
         ledger = cls(out, source, READ_SCHEMA.empty_table())
+        if _names(ledger.root, ".json"):  # reconciling with a ledger it cannot read would delete every shard
+            raise ValueError(f"{ledger.root} holds a format v1 ledger (.json parts): write format v2 into a new `out`")
         stems = ledger._stems()
         ledger._may_repeat = any(not _is_segment(s) for s in stems)  # a run stopped before merging its parts
         ledger._load(stems)

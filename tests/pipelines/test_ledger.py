@@ -113,3 +113,12 @@ def test_crash_while_merging_leaves_no_second_copy(out):
     state = ledger.Ledger.read(out, "toy")
     assert sorted(os.listdir(root)) == [f"{s}.parquet" for s in state.files] and len(state.files) == 1
     assert state.summarize()["units"] == 2 and index_keys(out) == ["k0", "k1"]
+
+
+def test_a_v1_ledger_is_refused_before_anything_is_deleted(out):
+    write(out, 0, {"u0": ["k0"]})
+    with open(os.path.join(out, ledger.LEDGER_DIR, "toy", "toy-000000-0123abcd.json"), "w") as f:
+        f.write("{}")
+    with pytest.raises(ValueError, match="format v1 ledger"):
+        ledger.Ledger.read(out, "toy")
+    assert shards.list_shards(out) == ["toy-000000.tar"]
