@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from datagen import models as registry
@@ -47,7 +49,7 @@ class ShardNumbers:
         return self.next_free
 
 
-def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers: Any, run_id: str,
+def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers: Any, claims: Any, run_id: str,
                 max_shard_bytes: int, jpeg_quality: int) -> dict[str, np.ndarray]:
     """Writer stage: encode the batch's samples into shards, record one ledger part, report per unit."""
     import ray
@@ -63,24 +65,33 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
             encoded.append((it, [shards.encode_sample(s, jpeg_quality) for s in it.samples]))
         except Exception as e:  # noqa: BLE001 — a sample breaking the contract is quarantined, not written
             it.outcome = Outcome("failed", "write", type(e).__name__, str(e))
+    refused = ray.get(claims.claim.remote({it.unit.id: [s.key for s in it.samples] for it, _ in encoded}))
+    for it, _ in encoded:
+        if it.unit.id in refused:
+            it.outcome = Outcome("filtered", "write", "duplicate_key", refused[it.unit.id])
 
     def allocate() -> str:
         return shards.shard_name(source, ray.get(numbers.next.remote()))
 
-    index, units = [], []
+    index, units, where = [], [], {}
     with shards.ShardWriter(shards.join(out, shards.SHARDS_DIR), allocate, max_shard_bytes) as writer:
         for it, docs in encoded:
+            if not it.alive:
+                continue
+            where[it.unit.id] = set()
             for sample, doc in zip(it.samples, docs):
-                index.append(shards.index_row(sample, writer.write(doc)))
+                name = writer.write(doc)
+                where[it.unit.id].add(name)
+                index.append(shards.index_row(sample, name))
     for it in items:
-        record = {"unit_id": it.unit.id, "drops": dict(it.drops)}
         if it.alive:
-            record.update(status=ledger.KEPT, keys=[s.key for s in it.samples], stage="", reason="")
+            units.append(ledger.unit_record(it.unit.id, ledger.KEPT, [s.key for s in it.samples], where[it.unit.id],
+                                            drops=it.drops))
         else:
             o = it.outcome
-            record.update(status=o.kind, keys=[], stage=o.stage, reason=o.reason, detail=o.detail)
-        units.append(record)
-    ledger.write_part(out, source, run_id, writer.finished, units, index,
+            units.append(ledger.unit_record(it.unit.id, o.kind, stage=o.stage, reason=o.reason, detail=o.detail,
+                                            drops=it.drops))
+    ledger.write_part(out, source, run_id, units, pa.Table.from_pylist(index, schema=shards.INDEX_SCHEMA),
                       node=ray.get_runtime_context().get_node_id())
     return {
         "unit_id": np.array([u["unit_id"] for u in units], dtype=object),
@@ -182,13 +193,14 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
         raise InputError(f"sources.{source.name}: cannot list the inputs: {type(e).__name__}: {e}") from e
     if limit is not None:
         units = units[:limit]
-    ids = [u.id for u in units]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
+    ids = pa.array([u.id for u in units], pa.string())
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         raise ValueError(f"source {source.name} listed unit {dup!r} twice: unit ids must be unique")
-    parts = ledger.reconcile(out, source.name)
-    done = ledger.done_units(parts, retry_failed)
-    todo = [u for u in units if u.id not in done]
+    state = ledger.Ledger.read(out, source.name)  # the one read of the ledger: reconcile, skip, finalize use it
+    finished = pc.is_in(ids, value_set=state.done(retry_failed)).to_numpy(zero_copy_only=False)
+    todo = [u for u, done in zip(units, finished) if not done]
     print(f"[{source.name}] {len(units)} units listed, {len(units) - len(todo)} already done, "
           f"{len(todo)} to process; models: {_models_line(specs)}")
 
@@ -196,8 +208,8 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
     samples = 0
     if todo:
         init_ray(cfg)
-        used = [int(shards.SHARD_NAME.match(n)["number"]) for n in shards.list_shards(out, source.name)]
-        numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(used)
+        numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(state.shard_numbers())
+        claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(state.kept_keys())
         stages = source.stages(scfg, specs)
         check_resources(stages, cfg.writer.num_cpus, ray.cluster_resources(), local=not cfg.ray.address)
         run_id = uuid.uuid4().hex[:12]
@@ -208,7 +220,7 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
         ds = ds.map_batches(
             write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",
             num_cpus=cfg.writer.num_cpus,
-            fn_kwargs=dict(out=out, source=source.name, numbers=numbers, run_id=run_id,
+            fn_kwargs=dict(out=out, source=source.name, numbers=numbers, claims=claims, run_id=run_id,
                            max_shard_bytes=cfg.writer.max_shard_bytes, jpeg_quality=cfg.writer.jpeg_quality),
         )
         bar = tqdm(total=len(todo), desc=f"{source.name}", unit="unit", dynamic_ncols=True)
@@ -222,12 +234,13 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
             bar.update(1)
         bar.close()
         ray.kill(numbers)
+        ray.kill(claims)
 
-    parts = ledger.reconcile(out, source.name)
-    counts = ledger.summarize(parts)
+    state.refresh(retried=retry_failed and bool(todo))  # reads only this run's parts
+    state.merge_loose()
     result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,
-                       time.time() - start, counts)
-    finalize(cfg, source, scfg, specs, result, start)
+                       time.time() - start, state.summarize())
+    finalize(cfg, source, scfg, specs, result, start, state)
     return result
 
 
@@ -236,16 +249,11 @@ def _models_line(specs: dict[str, registry.ModelSpec]) -> str:
 
 
 def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, registry.ModelSpec],
-             result: RunResult, start: float) -> None:
-    """Rebuild index.parquet and quarantine.parquet from every source's ledger, then the manifest."""
+             result: RunResult, start: float, state: ledger.Ledger) -> None:
+    """The source's quarantine file and its manifest section; its index files are already in place (the
+    writers append them, the ledger merges them), so the cost is this source's, not the dataset's."""
     out = cfg.out
-    index, quarantine = [], []
-    for name in ledger.sources(out):
-        parts = ledger.read_parts(out, name)
-        index += ledger.index_rows(parts)
-        quarantine += ledger.quarantine_rows(name, parts)
-    shards.write_index(out, index)
-    shards.write_quarantine(out, quarantine)
+    shards.write_quarantine(out, state.quarantine(), source.name)
 
     try:
         manifest = shards.read_manifest(out)

@@ -31,7 +31,8 @@ def test_format_doc_names_the_codes_version():
     [title] = re.findall(r"^# Shard format v(\d+)$", doc, flags=re.M)
     assert int(title) == shards.FORMAT_VERSION
     assert f"`FORMAT_VERSION = {shards.FORMAT_VERSION}` in `datagen/shards/__init__.py`" in doc
-    assert f'"version": {shards.FORMAT_VERSION},' in doc  # the meta.json example
+    assert f"`SAMPLE_VERSION = {shards.SAMPLE_VERSION}`" in doc
+    assert f'"version": {shards.SAMPLE_VERSION},' in doc  # the meta.json example
 
 
 def test_no_tracked_file_outside_tests_names_files_beyond_the_repository():

@@ -197,7 +197,7 @@ def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | 
     matched = [s.match_score for s in subjects if s.match_score is not None]
     sample.subjects = subjects
     sample.models = dict(models or {})
-    sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0,
-                     "matched": float(len(matched))}
+    # how many subjects matched is in the subjects themselves (match_score not null): not a score of its own
+    sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0}
     item.scratch.clear()  # nothing downstream needs it: keep it out of the writer's transfer
     return item

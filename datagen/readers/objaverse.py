@@ -31,6 +31,7 @@ from datagen.render import RenderParams
 from datagen.render import render as render_views
 from datagen.render.meshes import FORMATS
 from datagen.shards import Frame, Sample, Subject
+from datagen.filecache import FileCache
 from datagen.units import BadInput, Item, Rejected, Unit
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,14 @@ def sidecar_meta(path: str) -> dict[str, Any]:
     return {**meta, **found}
 
 
-def list_file_units(paths: list[str]) -> tuple[list[Unit], Counter]:
-    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file); a file
-    that cannot be read or whose sidecar is unusable becomes an unusable unit (quarantined by name)."""
+def list_file_units(paths: list[str], cache: FileCache | None = None) -> tuple[list[Unit], Counter]:
+    """One unit per distinct file content (objaverse-xl also names objects by a hash of their file); with a
+    ``cache``, a file unchanged since an earlier run is not hashed again. A file that cannot be read or whose
+    sidecar is unusable becomes an unusable unit (quarantined by name)."""
     units, seen, dropped = [], set(), Counter()
     for path in paths:
         try:
-            sha1 = file_sha1(path)
+            sha1 = cache.get("sha1", path, file_sha1) if cache is not None else file_sha1(path)
         except OSError as e:
             units.append(Unit.unusable(f"file:{os.path.abspath(path)}", BadInput("unreadable_file", f"{path}: {e}")))
             continue

@@ -10,6 +10,7 @@ SAM (masks only for images that can survive), ``persons`` after it. Captions: th
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -52,9 +53,16 @@ def read_list(path: str) -> pa.Table:
     raise ValueError(f"{path}: URL lists are .parquet, .csv, .tsv or .jsonl")
 
 
+def list_id(path: str) -> str:
+    """A list file's part of its unit ids: its name (readable) and a hash of its full path (unique: this month's
+    and next month's ``part-0.parquet`` in two folders must not share unit ids)."""
+    full = path if "://" in path else os.path.abspath(path)
+    return f"{os.path.basename(path)}-{hashlib.sha1(full.encode()).hexdigest()[:10]}"
+
+
 def list_units(path: str, url_col: str = "url", caption_col: str | None = "caption",
                keep_columns: tuple[str, ...] = ()) -> list[Unit]:
-    """One unit per row (id ``urls:<file name>:<row>``); a URL seen on an earlier row is marked a duplicate,
+    """One unit per row (id ``urls:<list_id(path)>:<row>``); a URL seen on an earlier row is marked a duplicate,
     so the first stage rejects it with a reason instead of writing the same key twice."""
     table = read_list(path)
     wanted = [url_col, *([caption_col] if caption_col else []), *keep_columns]
@@ -62,11 +70,11 @@ def list_units(path: str, url_col: str = "url", caption_col: str | None = "capti
     if missing:
         raise ValueError(f"{path}: no column {missing} (columns: {table.column_names})")
     rows = table.select(wanted).to_pylist()
-    dataset = os.path.basename(path)
+    dataset, name = os.path.basename(path), list_id(path)
     first: dict[str, str] = {}
     units = []
     for i, row in enumerate(rows):
-        uid = f"urls:{dataset}:{i}"
+        uid = f"urls:{name}:{i}"
         if not isinstance(row[url_col], (str, type(None))):  # a number, a list: this row is quarantined
             units.append(Unit.unusable(uid, BadInput("bad_url", f"{path} row {i}: {url_col} is {row[url_col]!r}, "
                                                                 f"not a string")))

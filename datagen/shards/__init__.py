@@ -1,8 +1,11 @@
-"""Shard format v1 (the contract written out in docs/format.md): samples, their WebDataset encoding,
+"""Shard format v2 (the contract written out in docs/format.md): samples, their WebDataset encoding,
 the size-capped atomic shard writer, and the dataset-level files (index, quarantine, manifest).
 
 A dataset directory holds ``shards/<source>-<NNNNNN>.tar``, ``index.parquet``, ``quarantine.parquet``
 and ``manifest.json``. Every path here may be a local path or an fsspec URL (s3://, gs://, ...).
+v2 changed only the dataset files: ``index.parquet`` and ``quarantine.parquet`` are folders of parquet files
+of one schema (a run appends its own file instead of rewriting millions of rows); ``pyarrow.parquet.read_table``
+and every parquet dataset reader read such a folder as one table. Samples (``meta.json`` version 1) are as in v1.
 
 CLI: ``python -m datagen.shards validate|stats|view DIR``.
 """
@@ -24,11 +27,14 @@ from typing import Any, Callable, Iterable, Iterator
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
+SAMPLE_VERSION = 1  # meta.json of a sample
 KINDS = ("video", "objaverse", "image", "router")
 SHARDS_DIR = "shards"
 INDEX_FILE = "index.parquet"
@@ -39,6 +45,7 @@ INDEX_COLUMNS = (
     "subject_area_min", "subject_area_max",
 )
 QUARANTINE_COLUMNS = ("unit_id", "stage", "reason", "detail")
+SCORES = ("det", "match")  # the per-stage scores a sample may carry: index columns score_<name>, one schema
 MANIFEST_FIELDS = (
     "format_version", "config", "config_hash", "code_version", "models", "synthetic_models", "counts",
     "start_time", "end_time",
@@ -162,7 +169,7 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         for s in sample.subjects
     ]
     return {
-        "version": FORMAT_VERSION,
+        "version": SAMPLE_VERSION,
         "source": sample.source,
         "frames": frames,
         "subjects": subjects,
@@ -180,6 +187,9 @@ def check_sample(sample: Sample) -> None:
         raise FormatError(f"{sample.key}: source {sample.source!r} not one of {KINDS}")
     if not sample.frames:
         raise FormatError(f"{sample.key}: no frames")
+    unknown = sorted(set(sample.scores) - set(SCORES))
+    if unknown:
+        raise FormatError(f"{sample.key}: scores {unknown} not among the index's {SCORES}")
     ids = [s.id for s in sample.subjects]
     if len(set(ids)) != len(ids):
         raise FormatError(f"{sample.key}: duplicate subject ids {ids}")
@@ -217,8 +227,8 @@ def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
 def decode_sample(raw: dict[str, Any]) -> Sample:
     """WebDataset dict (raw bytes, as ``webdataset.WebDataset`` yields it) → Sample."""
     meta = json.loads(raw["meta.json"])
-    if meta.get("version") != FORMAT_VERSION:
-        raise FormatError(f"{raw.get('__key__')}: meta version {meta.get('version')} != {FORMAT_VERSION}")
+    if meta.get("version") != SAMPLE_VERSION:
+        raise FormatError(f"{raw.get('__key__')}: meta version {meta.get('version')} != {SAMPLE_VERSION}")
     frames = []
     for j, fm in enumerate(meta["frames"]):
         fields_ = {k: v for k, v in fm.items() if k not in ("caption", "width", "height")}
@@ -419,30 +429,25 @@ def shard_urls(dataset: str, names: Iterable[str] | None = None) -> list[str]:
     return [join(dataset, SHARDS_DIR, n) for n in names]
 
 
-def _table(rows: list[dict[str, Any]], leading: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.Table:
-    extra = sorted({k for r in rows for k in r} - set(leading))
-    columns = [*leading, *extra]
-    arrays = {}
-    for c in columns:
-        values = [r.get(c) for r in rows]
-        arrays[c] = pa.array(values, type=types.get(c, pa.float64() if c.startswith("score_") else None))
-    return pa.table(arrays) if rows else pa.schema([(c, types[c]) for c in leading]).empty_table()
-
-
-_INDEX_TYPES = {
-    "key": pa.string(), "shard": pa.string(), "source": pa.string(), "n_frames": pa.int32(),
-    "n_subjects": pa.int32(), "width": pa.int32(), "height": pa.int32(), "caption": pa.string(),
-    "subject_area_min": pa.float64(), "subject_area_max": pa.float64(),
-}
-_QUARANTINE_TYPES = {c: pa.string() for c in (*QUARANTINE_COLUMNS, "source", "kind")}
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("source", pa.string()), ("n_frames", pa.int32()),
+    ("n_subjects", pa.int32()), ("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()),
+    ("subject_area_min", pa.float64()), ("subject_area_max", pa.float64()),
+    *[(f"score_{n}", pa.float64()) for n in SCORES],
+])
+QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in (*QUARANTINE_COLUMNS, "source", "kind")])
+_SCHEMAS = {INDEX_FILE: INDEX_SCHEMA, QUARANTINE_FILE: QUARANTINE_SCHEMA}
 
 
 @contextmanager
 def atomic_open(url: str, mode: str = "wb") -> Iterator[Any]:
-    """Open ``url`` for writing so that readers see the old file or the whole new one, never a half."""
+    """Open ``url`` for writing so that readers see the old file or the whole new one, never a half.
+
+    The temporary name is hidden (leading dot): parquet folder readers skip it."""
     fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    folder, name = path.rsplit("/", 1)
+    fs.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, mode) as f:
         yield f
     if _is_local(fs):
@@ -456,16 +461,86 @@ def _write_parquet(table: pa.Table, url: str) -> None:
         pq.write_table(table, f)
 
 
+def _rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+
+
+def _part_names(dataset: str, name: str) -> list[str]:
+    """Stems of the parquet files of a dataset folder (listed, never globbed: paths may hold ``[``)."""
+    fs, path = fsspec.core.url_to_fs(join(dataset, name))
+    if not fs.isdir(path):
+        return []
+    files = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return sorted(f.removesuffix(".parquet") for f in files if f.endswith(".parquet") and not f.startswith("."))
+
+
+def _replace_folder(dataset: str, name: str, table: pa.Table, stem: str) -> None:
+    """Make the folder hold exactly one file (a whole rewrite, as tests and small tools do)."""
+    fs, path = fsspec.core.url_to_fs(join(dataset, name))
+    if fs.exists(path) and not fs.isdir(path):
+        fs.rm(path)  # a v1 single-file table
+    old = _part_names(dataset, name)
+    _write_parquet(table, join(dataset, name, f"{stem}.parquet"))
+    for s in old:
+        if s != stem:
+            fs.rm(f"{path}/{s}.parquet")
+
+
 def write_index(dataset: str, rows: list[dict[str, Any]]) -> None:
-    _write_parquet(_table(rows, INDEX_COLUMNS, _INDEX_TYPES), join(dataset, INDEX_FILE))
+    """The whole index from rows (one file); a pipeline run appends ``write_index_part`` files instead."""
+    _replace_folder(dataset, INDEX_FILE, _rows_table(rows, INDEX_SCHEMA), "all")
 
 
-def write_quarantine(dataset: str, rows: list[dict[str, Any]]) -> None:
-    _write_parquet(_table(rows, QUARANTINE_COLUMNS, _QUARANTINE_TYPES), join(dataset, QUARANTINE_FILE))
+def write_index_part(dataset: str, stem: str, table: pa.Table | list[dict[str, Any]]) -> None:
+    if not isinstance(table, pa.Table):
+        table = _rows_table(table, INDEX_SCHEMA)
+    _write_parquet(table.cast(INDEX_SCHEMA), join(dataset, INDEX_FILE, f"{stem}.parquet"))
+
+
+def index_parts(dataset: str) -> list[str]:
+    return _part_names(dataset, INDEX_FILE)
+
+
+def remove_index_part(dataset: str, stem: str) -> None:
+    fs, path = fsspec.core.url_to_fs(join(dataset, INDEX_FILE, f"{stem}.parquet"))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def filter_index_part(dataset: str, stem: str, drop_shards: set[str]) -> None:
+    """Rewrite one index file without the rows of the given shards."""
+    url = join(dataset, INDEX_FILE, f"{stem}.parquet")
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return
+    table = pq.read_table(path, filesystem=fs, schema=INDEX_SCHEMA)
+    keep = pa.compute.invert(pa.compute.is_in(table["shard"], pa.array(sorted(drop_shards), pa.string())))
+    _write_parquet(table.filter(keep), url)
+
+
+def merge_index_parts(dataset: str, stems: list[str], into: str) -> None:
+    """Write the rows of several index files as one file ``into`` (the caller deletes the old ones)."""
+    fs, base = fsspec.core.url_to_fs(join(dataset, INDEX_FILE))
+    paths = [f"{base}/{s}.parquet" for s in stems if fs.exists(f"{base}/{s}.parquet")]
+    if paths:
+        table = pads.dataset(paths, schema=INDEX_SCHEMA, format="parquet", filesystem=fs).to_table()
+        _write_parquet(table, join(dataset, INDEX_FILE, f"{into}.parquet"))
+
+
+def write_quarantine(dataset: str, rows: list[dict[str, Any]] | pa.Table, source: str = "all") -> None:
+    """One source's quarantine file (rows replace that source's earlier ones)."""
+    table = rows if isinstance(rows, pa.Table) else _rows_table(rows, QUARANTINE_SCHEMA)
+    fs, path = fsspec.core.url_to_fs(join(dataset, QUARANTINE_FILE))
+    if fs.exists(path) and not fs.isdir(path):
+        fs.rm(path)  # a v1 single-file table
+    _write_parquet(table.cast(QUARANTINE_SCHEMA), join(dataset, QUARANTINE_FILE, f"{source}.parquet"))
 
 
 def read_table(dataset: str, name: str) -> pa.Table:
+    """``index.parquet`` / ``quarantine.parquet`` (a folder of files since v2, a single file in v1) as one table."""
     fs, path = fsspec.core.url_to_fs(join(dataset, name))
+    if fs.isdir(path):
+        return pq.read_table(path, filesystem=fs, schema=_SCHEMAS.get(name))
     with fs.open(path, "rb") as f:
         return pq.read_table(f)
 

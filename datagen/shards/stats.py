@@ -33,7 +33,7 @@ def stats(dataset: str) -> dict[str, Any]:
         "samples": len(index),
         "synthetic_models": manifest.get("synthetic_models"),
         "by_source": by_source,
-        "quarantined": dict(sorted(Counter(f"{r.get('source', '?')}:{r['stage']}/{r['reason']}"
+        "quarantined": dict(sorted(Counter(f"{r.get('source') or '?'}:{r['stage']}/{r['reason']}"
                                            for r in quarantine).items())),
         "counts": manifest.get("counts", {}),
         "pipelines": {name: sec.get("counts", {}) for name, sec in manifest.get("sources", {}).items()},

@@ -1,4 +1,4 @@
-"""``python -m datagen.shards validate DIR``: check a dataset directory against shard format v1.
+"""``python -m datagen.shards validate DIR``: check a dataset directory against the shard format (v2).
 
 Checks every tar (readable, names parse, a sample's files adjacent), every sample (meta.json present and of
 version 1, frames 0…F−1 decode at the sizes meta states, masks are 8-bit, of their frame's size and name a
@@ -100,8 +100,8 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
     except ValueError as e:
         report.add(where, f"meta.json is not JSON: {e}")
         return None
-    if meta.get("version") != shards.FORMAT_VERSION:
-        report.add(where, f"meta version {meta.get('version')!r}, expected {shards.FORMAT_VERSION}")
+    if meta.get("version") != shards.SAMPLE_VERSION:
+        report.add(where, f"meta version {meta.get('version')!r}, expected {shards.SAMPLE_VERSION}")
     if meta.get("source") not in shards.KINDS:
         report.add(where, f"meta source {meta.get('source')!r} not one of {shards.KINDS}")
     frames = meta.get("frames")

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from datagen.readers import objaverse as objects  # `objaverse` is also a config key below
+from datagen.filecache import FileCache
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.render import check_backend
@@ -60,7 +61,7 @@ class ObjaverseSource:
             units, dropped = objects.list_objaverse_units(cfg.objaverse)
         else:
             paths = objects.mesh_files(cfg.folder) if cfg.folder is not None else list(cfg.files)
-            units, dropped = objects.list_file_units(paths)
+            units, dropped = objects.list_file_units(paths, FileCache())
         if dropped:
             log.info("objaverse: %d objects selected, left out before rendering: %s", len(units),
                      ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())))

@@ -92,7 +92,8 @@ def test_matching_reidentifies_permuted_subjects_and_falls_back_for_unmatched():
     cat = got["cat"]
     assert sorted(cat.masks) == [2] and cat.match_score is None and cat.fields == {"reference": "target_crop"}
     assert all(s.fields == {} for s in sample.subjects if s.phrase != "cat")
-    assert sample.scores == {"det": 0.9, "match": pytest.approx(1.0), "matched": 3.0}
+    assert sample.scores == {"det": 0.9, "match": pytest.approx(1.0)}
+    assert sum(s.match_score is not None for s in sample.subjects) == 3
     assert sample.models == {"detector": {"id": "x"}} and it.scratch == {}
     meta = sample_meta(sample)
     assert next(s for s in meta["subjects"] if s["phrase"] == "cat")["reference"] == "target_crop"
@@ -116,7 +117,7 @@ def test_below_threshold_pairs_stay_apart_and_a_clip_without_a_match_is_filtered
     subjects = it.samples[0].subjects
     assert [sorted(s.masks) for s in subjects] == [[0], [1]]
     assert all(s.fields == {"reference": "target_crop"} for s in subjects)
-    assert it.samples[0].scores["matched"] == 0.0
+    assert it.samples[0].scores["match"] == 0.0 and all(s.match_score is None for s in subjects)
 
 
 def test_at_most_four_subjects_matched_ones_first():

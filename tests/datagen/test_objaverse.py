@@ -150,3 +150,22 @@ def test_registry_captioner_captions_one_view_for_every_frame():
     assert [f.caption for f in mug.samples[0].frames] == ["A red ceramic mug with a handle."] * 7
     assert mug.samples[0].subjects[0].phrase == "mug"
     assert empty.samples[0].frames[0].caption == "a crate" and empty.drops == {"caption/empty_caption": 1}
+
+
+def test_file_hashes_are_kept_between_runs_until_a_file_changes(tmp_path, monkeypatch):
+    from datagen.filecache import FileCache
+
+    paths = []
+    for name, data in (("a.glb", b"mesh a"), ("b.ply", b"mesh b")):
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    hashed = []
+    real = objaverse.file_sha1
+    monkeypatch.setattr(objaverse, "file_sha1", lambda p: hashed.append(p) or real(p))
+    cache = FileCache(str(tmp_path / "cache" / "files.sqlite"))
+    first = [u.id for u in objaverse.list_file_units(paths, cache)[0]]
+    again = [u.id for u in objaverse.list_file_units(paths, FileCache(str(tmp_path / "cache" / "files.sqlite")))[0]]
+    assert first == again and len(hashed) == 2  # the second listing (a new run) hashed nothing
+    (tmp_path / "b.ply").write_bytes(b"mesh b, edited")  # another size (and mtime): hashed again
+    changed = [u.id for u in objaverse.list_file_units(paths, cache)[0]]
+    assert len(hashed) == 3 and changed[0] == first[0] and changed[1] == "file:" + real(paths[1]) != first[1]

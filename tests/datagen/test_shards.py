@@ -136,4 +136,24 @@ def test_dataset_files_have_contract_columns(dataset_factory, sample_factory):
     assert shards.read_table(root, shards.QUARANTINE_FILE).column_names[:4] == list(shards.QUARANTINE_COLUMNS)
     empty = os.path.join(root, "empty")
     shards.write_index(empty, [])
-    assert shards.read_table(empty, shards.INDEX_FILE).column_names == list(shards.INDEX_COLUMNS)
+    assert shards.read_table(empty, shards.INDEX_FILE).column_names == shards.INDEX_SCHEMA.names
+    assert shards.INDEX_SCHEMA.names[:10] == list(shards.INDEX_COLUMNS)
+
+
+def test_index_is_a_folder_a_run_appends_to_and_read_table_reads_whole(dataset_factory, sample_factory):
+    root = dataset_factory([[sample_factory(key="k0")]])
+    row = shards.index_row(sample_factory(key="k1"), "test-000001.tar")
+    shards.write_index_part(root, "test-000001-run2", [row])
+    import pyarrow.parquet as pq
+
+    for table in (shards.read_table(root, shards.INDEX_FILE), pq.read_table(os.path.join(root, shards.INDEX_FILE))):
+        assert sorted(table["key"].to_pylist()) == ["k0", "k1"] and table.schema == shards.INDEX_SCHEMA
+    shards.write_index(root, [row])  # a whole rewrite leaves one file
+    assert shards.index_parts(root) == ["all"] and shards.read_table(root, shards.INDEX_FILE).num_rows == 1
+
+
+def test_a_score_outside_the_index_schema_breaks_the_contract(sample_factory):
+    sample = sample_factory()
+    sample.scores["aesthetic"] = 5.0
+    with pytest.raises(shards.FormatError, match="aesthetic"):
+        shards.encode_sample(sample)

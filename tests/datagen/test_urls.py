@@ -32,8 +32,9 @@ def test_lists_in_every_format_mark_duplicates(tmp_path, fmt):
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     units = urls.list_units(str(path), keep_columns=("LICENSE",))
-    assert [u.id for u in units] == [f"urls:part.{fmt}:{i}" for i in range(4)]
-    assert [u.ref["duplicate_of"] for u in units] == [None, None, f"urls:part.{fmt}:0", None]
+    name = urls.list_id(str(path))
+    assert [u.id for u in units] == [f"urls:{name}:{i}" for i in range(4)]
+    assert [u.ref["duplicate_of"] for u in units] == [None, None, f"urls:{name}:0", None]
     assert units[0].ref["caption"] == "two friends" and units[0].ref["extra"] == {"LICENSE": "cc-by"}
     with pytest.raises(ValueError, match=r"no column \['TEXT'\]"):
         urls.list_units(str(path), caption_col="TEXT")
@@ -136,3 +137,12 @@ def test_too_few_people_rejected_before_sam_and_caption_fallback(tmp_path):
     item.scratch["instances"] = [[Instance("person", b, 0.9, box_mask(b)) for b in PEOPLE[:2]]]
     urls.persons(item, urls.PersonParams(), {})
     assert item.samples[0].frames[0].caption == "a photo of two people"  # no alt text: from the phrases
+
+
+def test_unit_ids_differ_for_lists_of_one_name_in_two_folders(tmp_path):
+    for month in ("2026-01", "2026-02"):
+        (tmp_path / month).mkdir()
+        pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / month / "part-0.parquet")
+    a, b = (urls.list_units(str(tmp_path / m / "part-0.parquet")) for m in ("2026-01", "2026-02"))
+    assert not {u.id for u in a} & {u.id for u in b}
+    assert a[0].id.startswith("urls:part-0.parquet-")  # still says which file

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import pyarrow as pa
 import pytest
 
 from datagen import shards
@@ -26,8 +27,14 @@ def run(out, units=UNITS, **kw):
 def state(out):
     names = shards.list_shards(str(out))
     mtimes = {n: os.path.getmtime(os.path.join(out, "shards", n)) for n in names}
-    parts = sorted(os.listdir(os.path.join(out, "_ledger", "toy")))
+    parts = [sorted(os.listdir(os.path.join(out, d))) for d in ("_ledger/toy", "index.parquet")]
     return names, mtimes, parts
+
+
+def units_of_part_holding(out, shard):
+    rows = ledger.Ledger.read(str(out), "toy").rows.to_pylist()
+    part = next(r["part"] for r in rows if shard in r["shards"])
+    return [r["unit_id"] for r in rows if r["part"] == part]
 
 
 def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
@@ -53,7 +60,7 @@ def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
     assert counts["failed"] == {"load/corrupt_input": 1, "load/ZeroDivisionError": 1, "model/RuntimeError": 1}
     assert counts["filtered"] == {"load/too_few_subjects": 1}
     assert counts["dropped"] == {"load/box_aspect": 9}  # drops before a later failure count too
-    assert manifest["synthetic_models"] is False and manifest["format_version"] == 1
+    assert manifest["synthetic_models"] is False and manifest["format_version"] == shards.FORMAT_VERSION
     assert all(f in manifest for f in shards.MANIFEST_FIELDS)
 
 
@@ -67,10 +74,10 @@ def test_rerun_writes_nothing_and_deleted_shard_is_rebuilt_alone(ray_local, tmp_
     assert state(out) == (names, mtimes, parts)  # not a byte rewritten
 
     victim = names[1]
-    part = next(p for p in ledger.read_parts(str(out), "toy") if victim in p.shards)
+    n_units = len(units_of_part_holding(out, victim))
     os.remove(os.path.join(out, "shards", victim))
     rebuilt = run(out)
-    assert sum(rebuilt.processed.values()) == len(part.units)  # only that shard's units
+    assert sum(rebuilt.processed.values()) == n_units  # only that shard's units
     names2, mtimes2, _ = state(out)
     assert names2 == names  # the hole is filled with the same shard number
     assert all(mtimes2[n] == mtimes[n] for n in names if n != victim)
@@ -101,19 +108,41 @@ def test_ray_data_reads_the_shards(ray_local, tmp_path):
     assert all(json.loads(r["meta.json"])["version"] == 1 for r in rows)
 
 
-def test_ledger_drops_orphans_and_parts_that_repeat_keys(tmp_path, sample_factory):
-    out = str(tmp_path)
-    shard_dir = shards.join(out, shards.SHARDS_DIR)
-    for name, key in (("toy-000000.tar", "k0"), ("toy-000001.tar", "k0"), ("toy-000002.tar", "k9")):
-        with shards.ShardWriter(shard_dir, lambda n=name: n) as w:
-            w.write(shards.encode_sample(sample_factory(key=key)))
-    unit = lambda uid, key: {"unit_id": uid, "status": "kept", "keys": [key], "stage": "", "reason": ""}  # noqa
-    ledger.write_part(out, "toy", "r1", {"toy-000000.tar": ["k0"]}, [unit("u0", "k0")], [])
-    time.sleep(0.01)
-    ledger.write_part(out, "toy", "r2", {"toy-000001.tar": ["k0"]}, [unit("u0", "k0")], [])  # a retried writer
-    valid = ledger.reconcile(out, "toy")
-    assert [list(p.shards) for p in valid] == [["toy-000000.tar"]]
-    assert shards.list_shards(out) == ["toy-000000.tar"]  # the duplicate and the orphan (k9) are gone
+def test_a_key_of_another_unit_is_that_units_duplicate_key_once(ray_local, tmp_path):
+    out = tmp_path / "data" / "coco[1]"
+    run(out, units=["alias-0-x", "ok-0"])  # this month's list
+    # next month's list names x again (a new unit id), and two of its own units share y
+    second = run(out, units=["alias-0-x", "ok-0", "alias-1-x", "alias-2-y", "alias-3-y", "ok-1"])
+    assert second.processed == {"kept": 2, "filtered": 2}
+    q = {r["unit_id"]: r for r in shards.read_table(str(out), shards.QUARANTINE_FILE).to_pylist()}
+    assert {u for u, r in q.items() if r["reason"] == "duplicate_key"} == {"alias-1-x", "alias-3-y"}
+    assert "already in the dataset" in q["alias-1-x"]["detail"]
+    assert second.counts["filtered"] == {"write/duplicate_key": 2}
+    assert validate(str(out)).ok
+    third = run(out, units=["alias-0-x", "ok-0", "alias-1-x", "alias-2-y", "alias-3-y", "ok-1"])
+    assert sum(third.processed.values()) == 0  # decided once, not redone on every rerun
+
+
+def test_a_retried_writer_batch_never_leaves_a_key_twice(ray_local, tmp_path, sample_factory):
+    import ray
+
+    from pipelines.runner import ShardNumbers, write_batch
+    from pipelines.stages import batch_of
+    from datagen.units import Item, Unit
+
+    out = str(tmp_path / "ds")
+    items = [Item(Unit(f"u{i}"), samples=[sample_factory(key=f"k{i}")]) for i in range(3)]
+    numbers = ray.remote(num_cpus=0)(ShardNumbers).remote([])
+    claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(pa.array([], pa.string()))
+    kw = dict(out=out, source="toy", numbers=numbers, claims=claims, run_id="r", max_shard_bytes=10**9,
+              jpeg_quality=90)
+    first = write_batch(batch_of(items), **kw)
+    again = write_batch(batch_of(items), **kw)  # Ray reran the task: its first result was lost with a worker
+    assert list(first["status"]) == list(again["status"]) == ["kept"] * 3
+    state = ledger.Ledger.read(out, "toy")
+    keys = [r["key"] for r in shards.read_table(out, shards.INDEX_FILE).to_pylist()]
+    assert sorted(keys) == ["k0", "k1", "k2"] and len(shards.list_shards(out)) == 1
+    assert state.summarize()["samples"] == 3
 
 
 def write_cfg(tmp_path, text):

@@ -10,6 +10,7 @@ import pytest
 
 from datagen import shards
 from datagen.readers.download import DownloadParams
+from datagen.readers.urls import list_id
 from datagen.samples import urls as url_inputs
 from datagen.shards.validate import validate
 from pipelines import ledger
@@ -63,7 +64,7 @@ def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
                                                                    allow_private_addresses=True))
     cfg = PipelineConfig(out=str(tmp_path / "ds"), writer=WriterConfig(units_per_shard=4))
     out, source = cfg.out, FakePersonsUrls(BOXES)
-    unit = lambda i: f"urls:list.jsonl:{i}"  # noqa: E731
+    unit = lambda i: f"urls:{list_id(str(listing))}:{i}"  # noqa: E731
 
     t0 = time.monotonic()
     first = run_source(source, cfg, source_cfg=scfg)
@@ -87,7 +88,7 @@ def test_download_faults_resume_and_retry(ray_local, server, tmp_path):
     assert retried.processed == {"kept": 1, "failed": 6}
     q = quarantine(out)
     assert unit(12) not in q and len(q) == 9
-    counts = ledger.summarize(ledger.reconcile(out, "urls"))
+    counts = ledger.Ledger.read(out, "urls").summarize()
     assert counts["units_kept"] == 4 and counts["samples"] == 4
     keys = [r["key"] for r in shards.read_table(out, shards.INDEX_FILE).to_pylist()]
     assert len(keys) == len(set(keys)) == 4
@@ -100,12 +101,13 @@ def test_real_source_on_the_sample_inputs(ray_local, tmp_path):
                                                                  download=DownloadParams(schemes=["file"])))
     assert sum(result.processed.values()) == 8
     q = quarantine(cfg.out)
-    assert {q[f"urls:urls.jsonl:{i}"] for i in (4, 5, 6, 7)} == {
+    name = list_id(made["url_list"])
+    assert {q[f"urls:{name}:{i}"] for i in (4, 5, 6, 7)} == {
         ("filtered", "download", "image_too_small"), ("failed", "download", "corrupt_image"),
         ("failed", "download", "missing_file"), ("filtered", "download", "duplicate_url")}
     # tiny random models find random boxes: each good image is kept or filtered by the people rules, never failed
     for i in range(4):
-        assert q.get(f"urls:urls.jsonl:{i}", ("filtered", "persons"))[:2] in {("filtered", "select_boxes"),
+        assert q.get(f"urls:{name}:{i}", ("filtered", "persons"))[:2] in {("filtered", "select_boxes"),
                                                                                ("filtered", "persons")}
     manifest = shards.read_manifest(cfg.out)
     assert manifest["synthetic_models"] is True and manifest["models"]["urls"]["detector"]["revision"] == "tiny"

@@ -10,7 +10,7 @@ from datagen.units import BadInput, Item, Rejected, Unit
 from pipelines.stages import ActorStage, Resources, TaskStage
 from tests.shard_factory import make_sample
 
-BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two")
+BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two", "alias")  # alias-<n>-<name>: key from <name> only
 
 
 class ToyConfig(Params):
@@ -30,7 +30,8 @@ def load(item: Item, seconds: float = 0.0) -> Item:
         raise Rejected("too_few_subjects", "0 < 2")
     n = 2 if behaviour == "two" else 1
     seed = sum(map(ord, item.unit.id))
-    item.samples = [make_sample(key=f"toy-{item.unit.id}-{k}", seed=seed + k, source="image") for k in range(n)]
+    stem = f"alias-{item.unit.id.split('-')[2]}" if behaviour == "alias" else item.unit.id
+    item.samples = [make_sample(key=f"toy-{stem}-{k}", seed=seed + k, source="image") for k in range(n)]
     item.drop("load", "box_aspect", 1)
     return item
 
