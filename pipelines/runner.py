@@ -27,6 +27,7 @@ from datagen import shards
 from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, config_hash
+from pipelines.lock import output_lock
 from pipelines.sources import Source
 from pipelines.stages import ActorStage, TaskStage, apply, items_of, unit_row
 
@@ -168,7 +169,20 @@ def init_ray(cfg: PipelineConfig) -> None:
 
 def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, retry_failed: bool = False,
                source_cfg: Any = None) -> RunResult:
-    """Run one source into ``cfg.out``; ``source_cfg`` defaults to the config's ``sources.<name>`` section."""
+    """Run one source into ``cfg.out``; ``source_cfg`` defaults to the config's ``sources.<name>`` section.
+
+    Holds the output lock throughout (OutputError before any work when the output is unusable or in use).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more, got {limit}")
+    with output_lock(cfg.out, source.name):
+        for path in shards.remove_temporaries(cfg.out):  # no other run writes here: these are a killed run's
+            log.warning("removing %s, left half-written by a run that was killed", path)
+        return _run_locked(source, cfg, limit, retry_failed, source_cfg)
+
+
+def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_failed: bool,
+                source_cfg: Any) -> RunResult:
     import ray
     import ray.data
 
