@@ -29,7 +29,7 @@ from pipelines import ledger
 from pipelines.config import PipelineConfig, config_hash
 from pipelines.lock import output_lock
 from pipelines.sources import Source
-from pipelines.stages import ActorStage, TaskStage, apply, items_of, unit_row
+from pipelines.stages import ActorStage, CrashLog, TaskStage, apply, items_of, unit_row
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,9 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
         run_id = uuid.uuid4().hex[:12]
         blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // cfg.writer.units_per_shard) * 4)
         ds = ray.data.from_items([unit_row(u) for u in todo], override_num_blocks=max(1, blocks))
+        crashes = ray.remote(num_cpus=0)(CrashLog).remote()
         for stage in stages:
-            ds = apply(ds, stage)
+            ds = apply(ds, stage, crashes)
         ds = ds.map_batches(
             write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",
             num_cpus=cfg.writer.num_cpus,
@@ -236,6 +237,7 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
             bar.update(1)
         bar.close()
         ray.kill(numbers)
+        ray.kill(crashes)
 
     parts = ledger.reconcile(out, source.name)
     counts = ledger.summarize(parts)

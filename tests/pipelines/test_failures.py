@@ -164,3 +164,29 @@ def test_shards_and_ledger_records_are_fsynced_before_their_rename(tmp_path, mon
     assert len(renamed) == 2 and ".toy-000000.tar.tmp-" in renamed[0] and ".json.tmp-" in renamed[1]
     for path in renamed:
         assert ("fsync", path) in events[:events.index(("replace", path))], f"{path} renamed before fsync"
+
+
+def test_cuda_context_errors_are_told_from_recoverable_ones():
+    from pipelines.stages import context_lost
+
+    assert context_lost(RuntimeError("CUDA error: device-side assert triggered"))
+    assert context_lost(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert context_lost(RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"))
+    assert not context_lost(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))  # the context survives
+    assert not context_lost(ValueError("expected 3 channels"))
+
+
+def test_a_model_actor_that_loses_its_cuda_context_is_restarted(ray_local, tmp_path):
+    """Today's failure: every later unit sent to the broken actor is quarantined. Here the actor is replaced:
+    one restart finds the unit that breaks the context alone, the next quarantines it without running it."""
+    out = tmp_path / "ds"
+    units = [f"ok-{i}" for i in range(9)] + ["cuda-0"] + [f"ok-{i}" for i in range(9, 14)]
+    result = run(out, units)
+    assert result.processed == {"kept": 14, "failed": 1}
+    (q,) = shards.read_table(str(out), shards.QUARANTINE_FILE).to_pylist()
+    assert (q["unit_id"], q["stage"], q["reason"]) == ("cuda-0", "model", "cuda_context_lost")
+    # only a restarted actor reads the crash log, and only a second one finds the unit alone in it
+    assert q["detail"].startswith("this unit alone broke the model's CUDA context: RuntimeError: CUDA error")
+    samples = list(shards.iter_samples(str(out)))
+    assert len(samples) == 14 and all(s.models["toy"] == "v1" for s in samples)
+    assert validate(str(out)).ok
