@@ -24,7 +24,9 @@ EXPECTED = sorted([f"toy-ok-{i}-0" for i in range(16)] + [f"toy-two-{i}-{k}" for
 
 
 def config(out, num_cpus=None):
-    return PipelineConfig(out=str(out), ray=RayConfig(num_cpus=num_cpus), writer=WriterConfig(units_per_shard=2))
+    # a writer of half a CPU runs beside the stages, so shards appear all along the run (kills land mid-writing)
+    writer = WriterConfig(units_per_shard=2, num_cpus=0.5)
+    return PipelineConfig(out=str(out), ray=RayConfig(num_cpus=num_cpus), writer=writer)
 
 
 def toy(seconds):
@@ -84,7 +86,6 @@ def test_killed_task_worker_and_model_actor_are_redone_without_duplicates(ray_lo
 
 DRIVER = """
 import sys
-from pipelines.config import PipelineConfig, RayConfig, WriterConfig
 from pipelines.runner import run_source
 from tests.pipelines.test_faults import config, toy
 from tests.pipelines.toy_source import ToySource
@@ -93,34 +94,55 @@ run_source(ToySource(), config(sys.argv[1], num_cpus=2), source_cfg=toy(float(sy
 """
 
 
-def start_driver(out, seconds):
+def start_driver(out, seconds, stderr=subprocess.DEVNULL):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(out), str(seconds)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_into_one_output(tmp_path):
+    """The issue's case: both runs 'succeeded' and left an empty, invalid dataset. Now one is refused."""
+    out = tmp_path / "ds"
+    runs = [start_driver(out, 0.1, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    assert sorted(code for code, _ in results) == [0, 1], [err[-2000:] for _, err in results]
+    refused = next(err for code, err in results if code)
+    assert "OutputLocked" in refused and "is in use by another run (source toy on host" in refused
+    assert_complete(out)
 
 
 @pytest.mark.slow
 def test_driver_killed_three_times_then_rerun_writes_each_key_once(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    t0 = time.time()
+    assert start_driver(reference, 0.3).wait(timeout=600) == 0
+    duration = time.time() - t0
+    assert_complete(reference)
+
     out = tmp_path / "ds"
     rng = random.Random(int(os.environ.get("FAULT_SEED", time.time())))
     kills = []
     for _ in range(3):
-        driver = start_driver(out, 0.4)
-        ray_processes = []
-        at = rng.uniform(3, 30)  # Ray start-up takes some seconds: early kills land before, during, after it
-        end = time.time() + at
+        driver = start_driver(out, 0.3)
+        at = rng.uniform(0.3, 0.9) * duration  # a random point of a run (reruns are shorter: some land late)
+        end, ray_processes = time.time() + at, []
         while time.time() < end and driver.poll() is None:
             ray_processes = psutil.Process(driver.pid).children(recursive=True) or ray_processes
-            time.sleep(0.2)
+            time.sleep(0.1)
         kills.append((round(at, 1), driver.poll() is None, len(shards.list_shards(str(out)))))
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        # Ray's processes share the driver's fate; none may go on writing into the output
-        _, alive = psutil.wait_procs(ray_processes, timeout=60)
+        # Ray's processes share the driver's fate: no worker may go on writing into the output. (Ray's dashboard
+        # and runtime-env agents, which write nothing there, can linger for minutes: the test ends them.)
+        _, alive = psutil.wait_procs(ray_processes, timeout=30)
+        workers = [p for p in alive if "Agent" not in p.name()]
         for p in alive:
             p.kill()
-        assert not alive, f"Ray processes outlived their driver: {alive}"
-    print("kills (after s, still running, shards then):", kills)
+        assert not workers, f"Ray processes outlived their driver: {workers}"
+    print(f"uninterrupted run {duration:.0f}s; kills (after s, still running, shards then): {kills}")
+    assert sum(running for _, running, _ in kills) >= 2, "the kills missed the runs"
     rerun = start_driver(out, 0.0)
-    assert rerun.wait(timeout=300) == 0
+    assert rerun.wait(timeout=600) == 0
+    assert index_keys(out) == index_keys(reference)
     assert_complete(out)
