@@ -94,18 +94,30 @@ run_source(ToySource(), config(sys.argv[1], num_cpus=2), source_cfg=toy(float(sy
 """
 
 
-def start_driver(out, seconds, stderr=subprocess.DEVNULL):
+def start_driver(out, seconds):
+    """A run in its own process; its output goes to ``<out>.<n>.log`` (a pipe would fill and block it)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(out), str(seconds)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True)
+    n = len(list(out.parent.glob(f"{out.name}.*.log")))
+    with open(out.parent / f"{out.name}.{n}.log", "w") as log:
+        p = subprocess.Popen([sys.executable, "-c", DRIVER, str(out), str(seconds)], env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    p.log = log.name
+    return p
+
+
+def finish(driver, timeout=600):
+    """Wait for a driver; its exit status and the end of its output."""
+    code = driver.wait(timeout=timeout)
+    with open(driver.log) as f:
+        return code, f.read()[-3000:]
 
 
 @pytest.mark.slow
 def test_two_runs_started_at_once_into_one_output(tmp_path):
     """The issue's case: both runs 'succeeded' and left an empty, invalid dataset. Now one is refused."""
     out = tmp_path / "ds"
-    runs = [start_driver(out, 0.1, stderr=subprocess.PIPE) for _ in range(2)]
-    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    runs = [start_driver(out, 0.1) for _ in range(2)]
+    results = [finish(r) for r in runs]
     assert sorted(code for code, _ in results) == [0, 1], [err[-2000:] for _, err in results]
     refused = next(err for code, err in results if code)
     assert "OutputLocked" in refused and "is in use by another run (source toy on host" in refused
@@ -116,7 +128,8 @@ def test_two_runs_started_at_once_into_one_output(tmp_path):
 def test_driver_killed_three_times_then_rerun_writes_each_key_once(tmp_path):
     reference = tmp_path / "uninterrupted"
     t0 = time.time()
-    assert start_driver(reference, 0.3).wait(timeout=600) == 0
+    code, log = finish(start_driver(reference, 0.3))
+    assert code == 0, log
     duration = time.time() - t0
     assert_complete(reference)
 
@@ -142,7 +155,7 @@ def test_driver_killed_three_times_then_rerun_writes_each_key_once(tmp_path):
         assert not workers, f"Ray processes outlived their driver: {workers}"
     print(f"uninterrupted run {duration:.0f}s; kills (after s, still running, shards then): {kills}")
     assert sum(running for _, running, _ in kills) >= 2, "the kills missed the runs"
-    rerun = start_driver(out, 0.0)
-    assert rerun.wait(timeout=600) == 0
+    code, log = finish(start_driver(out, 0.0))
+    assert code == 0, log
     assert index_keys(out) == index_keys(reference)
     assert_complete(out)
