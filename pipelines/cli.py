@@ -2,8 +2,9 @@
 [--limit N] [--retry-quarantined]``
 
 ``all`` runs every source that has a section in the config (in name order) into one dataset.
-Exit status: 0 when the run finished (quarantined units included), 2 for a bad config, missing weights or
-actor pools that cannot fit (nothing was started), 1 for anything else.
+Exit status: 0 when the run finished (quarantined units included), 2 for a bad config or arguments, missing
+weights, actor pools that cannot fit, or an output that is unusable or in use by another run (nothing was
+started), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import sys
 from datagen.models import MissingModelError
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from pipelines.sources import SOURCES
 
@@ -24,7 +32,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="dataset directory or fsspec URL (overrides `out`)")
     p.add_argument("--address", help="Ray cluster address: auto, ray://host:10001 (overrides ray.address)")
     p.add_argument("--models", choices=["auto", "real", "tiny"], help="overrides `models`")
-    p.add_argument("--limit", type=int, help="process only the first N units of each source")
+    p.add_argument("--limit", type=_count, help="process only the first N units of each source (N ≥ 0)")
     p.add_argument("--retry-quarantined", action="store_true",
                    help="run again the units that failed before (filtered units stay filtered)")
     return p.parse_args(argv)
@@ -34,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
+    from pipelines.lock import OutputError
     from pipelines.runner import InputError, ResourceError, report, run_source
     from pipelines.sources import SOURCES
 
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             result = run_source(SOURCES[name], cfg, limit=args.limit, retry_failed=args.retry_quarantined)
-        except (MissingModelError, ResourceError, InputError) as e:
+        except (MissingModelError, ResourceError, InputError, OutputError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(report(result))

@@ -29,8 +29,9 @@ from datagen import shards
 from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, config_hash
+from pipelines.lock import output_lock
 from pipelines.sources import Source
-from pipelines.stages import ActorStage, TaskStage, apply, items_of, unit_row
+from pipelines.stages import ActorStage, CrashLog, TaskStage, apply, items_of, unit_row
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,20 @@ def init_ray(cfg: PipelineConfig) -> None:
 
 def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, retry_failed: bool = False,
                source_cfg: Any = None) -> RunResult:
-    """Run one source into ``cfg.out``; ``source_cfg`` defaults to the config's ``sources.<name>`` section."""
+    """Run one source into ``cfg.out``; ``source_cfg`` defaults to the config's ``sources.<name>`` section.
+
+    Holds the output lock throughout (OutputError before any work when the output is unusable or in use).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more, got {limit}")
+    with output_lock(cfg.out, source.name):
+        for path in shards.remove_temporaries(cfg.out):  # no other run writes here: these are a killed run's
+            log.warning("removing %s, left half-written by a run that was killed", path)
+        return _run_locked(source, cfg, limit, retry_failed, source_cfg)
+
+
+def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_failed: bool,
+                source_cfg: Any) -> RunResult:
     import ray
     import ray.data
 
@@ -215,8 +229,9 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
         run_id = uuid.uuid4().hex[:12]
         blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // cfg.writer.units_per_shard) * 4)
         ds = ray.data.from_items([unit_row(u) for u in todo], override_num_blocks=max(1, blocks))
+        crashes = ray.remote(num_cpus=0)(CrashLog).remote()
         for stage in stages:
-            ds = apply(ds, stage)
+            ds = apply(ds, stage, crashes)
         ds = ds.map_batches(
             write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",
             num_cpus=cfg.writer.num_cpus,
@@ -235,6 +250,7 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
         bar.close()
         ray.kill(numbers)
         ray.kill(claims)
+        ray.kill(crashes)
 
     state.refresh(retried=retry_failed and bool(todo))  # reads only this run's parts
     state.merge_loose()
@@ -254,6 +270,8 @@ def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, re
     writers append them, the ledger merges them), so the cost is this source's, not the dataset's."""
     out = cfg.out
     shards.write_quarantine(out, state.quarantine(), source.name)
+    if not shards.index_parts(out):  # nothing kept yet: an empty index file, so the dataset reads as empty
+        shards.write_index_part(out, f"{source.name}-empty", [])
 
     try:
         manifest = shards.read_manifest(out)

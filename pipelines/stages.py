@@ -10,7 +10,9 @@ the run. A batch that raises is retried item by item, so one bad input does not 
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -71,22 +73,75 @@ def guarded(stage: str, fn: Callable[[Item], Item], item: Item) -> Item:
         return item
 
 
+# Messages of errors after which the process's CUDA context is unusable: every later call fails the same way.
+# (PyTorch raises them as plain RuntimeErrors; "CUDA out of memory" is not one, the context survives it.)
+_CONTEXT_LOST = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "device-side assert")
+
+
+class ContextLost(RuntimeError):
+    """A model call broke its process's CUDA context: the actor must be replaced, not its later units failed."""
+
+
+def context_lost(error: BaseException) -> bool:
+    return any(m in str(error) for m in _CONTEXT_LOST)
+
+
+def _checked(stage: str, model: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
+    try:
+        results = model(items)
+    except Exception as e:  # noqa: BLE001 — re-raised as is unless it killed the context
+        if context_lost(e):
+            raise ContextLost(f"{type(e).__name__}: {e}") from e
+        raise
+    if len(results) != len(items):
+        raise RuntimeError(f"stage {stage} returned {len(results)} items for {len(items)}")
+    return results
+
+
 def guarded_batch(stage: str, model: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
-    """Apply a batch model to the live items; on an exception retry one by one to isolate the culprit."""
+    """Apply a batch model to the live items; on an exception retry one by one to isolate the culprit.
+
+    ContextLost is raised, not recorded: after it no call of this process can succeed.
+    """
     live = [i for i, it in enumerate(items) if it.alive]
     if not live:
         return items
     out = list(items)
     try:
-        results = model([items[i] for i in live])
-        if len(results) != len(live):
-            raise RuntimeError(f"stage {stage} returned {len(results)} items for {len(live)}")
-        for i, r in zip(live, results):
+        for i, r in zip(live, _checked(stage, model, [items[i] for i in live])):
             out[i] = r
+    except ContextLost:
+        raise
     except Exception:  # noqa: BLE001 — narrowed below, item by item
         for i in live:
-            out[i] = guarded(stage, lambda it: model([it])[0], items[i])
+            try:
+                out[i] = _checked(stage, model, [items[i]])[0]
+            except ContextLost:
+                raise
+            except Exception as e:  # noqa: BLE001 — every failure is recorded in quarantine, none is lost
+                _fail(items[i], stage, e)
     return out
+
+
+class CrashLog:
+    """Units that were being run when a model actor lost its CUDA context (one small actor per run).
+
+    Ray restarts a dead actor and retries its call on the new one; the new actor asks here whether the call's
+    units crashed an actor before, and then runs them one at a time. A unit that crashes an actor alone is the
+    culprit: the next retry quarantines it without running it, so each bad unit costs two restarts at most.
+    """
+
+    def __init__(self):
+        self.units: dict[str, tuple[bool, str]] = {}  # unit id → (alone, error)
+
+    def record(self, unit_ids: list[str], error: str) -> None:
+        alone = len(unit_ids) == 1
+        for u in unit_ids:
+            if not self.units.get(u, (False, ""))[0]:
+                self.units[u] = (alone, error)
+
+    def lookup(self, unit_ids: list[str]) -> dict[str, tuple[bool, str]]:
+        return {u: self.units[u] for u in unit_ids if u in self.units}
 
 
 # ------------------------------------------------------------------------------ rows ↔ items for Ray Data
@@ -129,18 +184,48 @@ class ActorOp:
     """Batch → batch callable class Ray runs in an actor pool; the model loads once, in ``__init__``.
 
     A model that fails to load is a start-up problem of the whole stage: it is raised, not quarantined.
+    A model call that loses the CUDA context ends the actor's process after noting the units in ``crashes``
+    (a CrashLog): Ray Data's actors restart and retry their calls (max_restarts = max_task_retries = -1).
     """
 
-    def __init__(self, stage: ActorStage):
+    def __init__(self, stage: ActorStage, crashes: Any):
+        import ray
+
         self.name = stage.name
         self.model = stage.factory()
+        self.crashes = crashes
+        # Only a restarted actor receives retried calls, so only it has a reason to look at the crash log.
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return batch_of(guarded_batch(self.name, self.model, items_of(batch)))
+        import ray
+
+        items = items_of(batch)
+        live = [it for it in items if it.alive]
+        crashed = ray.get(self.crashes.lookup.remote([it.unit.id for it in live])) if self.restarted else {}
+        running = live
+        try:
+            if not crashed:
+                return batch_of(guarded_batch(self.name, self.model, items))
+            results = []
+            for it in items:  # the call crashed an actor before: one unit at a time finds the culprit
+                alone, error = crashed.get(it.unit.id, (False, ""))
+                if alone:
+                    it.outcome = Outcome("failed", self.name, "cuda_context_lost",
+                                         f"this unit alone broke the model's CUDA context: {error}")
+                elif it.alive:
+                    running = [it]
+                    it = guarded_batch(self.name, self.model, [it])[0]
+                results.append(it)
+            return batch_of(results)
+        except ContextLost as e:
+            ray.get(self.crashes.record.remote([it.unit.id for it in running], str(e)))
+            print(f"stage {self.name}: {e}; restarting the actor", file=sys.stderr, flush=True)
+            os._exit(1)  # not ray.actor.exit_actor(): an intentional exit is not restarted
 
 
-def apply(ds, stage: Stage):
-    """Append one stage to a Ray Dataset."""
+def apply(ds, stage: Stage, crashes: Any):
+    """Append one stage to a Ray Dataset; ``crashes`` is the run's CrashLog actor (model stages use it)."""
     import ray.data
 
     r = stage.resources
@@ -151,7 +236,7 @@ def apply(ds, stage: Stage):
         return ds.map(TaskOp(stage), **common)
     return ds.map_batches(
         ActorOp,
-        fn_constructor_args=(stage,),
+        fn_constructor_args=(stage, crashes),
         compute=ray.data.ActorPoolStrategy(size=r.concurrency),
         batch_size=r.batch_size,
         batch_format="numpy",

@@ -54,6 +54,8 @@ SHARD_NAME = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<number>\d{6})\.tar$")
 FRAME_FILE = re.compile(r"^frame\.(?P<j>\d+)\.jpg$")
 MASK_FILE = re.compile(r"^mask\.(?P<j>\d+)\.(?P<i>\d+)\.png$")
 DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
+TMP_SUFFIX = ".tmp-"  # + 8 hex digits: a file being written, renamed to its final name when whole
+TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
 
 @dataclass
@@ -298,6 +300,36 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def _sync(f: Any) -> None:
+    """Data on disk before the rename that publishes it: after a power cut a shard (or the ledger record
+    naming it) is whole or absent, never a name over zero bytes."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _sync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable (the directory entry is data too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(dataset: str) -> list[str]:
+    """Delete the half-written temporary files that killed runs left anywhere under ``dataset``.
+
+    Only safe while no run writes into ``dataset`` (the runner holds the output lock). Returns their paths.
+    """
+    fs, root = fsspec.core.url_to_fs(dataset)
+    if not fs.isdir(root):
+        return []
+    leftovers = [p for p in fs.find(root) if TMP_NAME.search(p.rsplit("/", 1)[-1])]
+    for p in leftovers:
+        fs.rm_file(p)
+    return leftovers
+
+
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
@@ -343,7 +375,7 @@ class ShardWriter:
         if not SHARD_NAME.match(self._name):
             raise FormatError(f"bad shard name {self._name!r}")
         tmp_dir = self.dir if self.local else tempfile.gettempdir()
-        self._tmp = os.path.join(tmp_dir, f".{self._name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._tmp = os.path.join(tmp_dir, f".{self._name}{TMP_SUFFIX}{uuid.uuid4().hex[:8]}")
         self._file = open(self._tmp, "wb")
         # Members as webdataset's TarWriter writes them (USTAR, 0444, bigdata, mtime 0), but through tarfile's
         # seekable "w" mode: TarWriter opens "w|", whose stream buffer copies every byte once more (~15% slower).
@@ -354,10 +386,12 @@ class ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
+        _sync(self._file)
         self._file.close()
         final = join(self.dir, self._name)
         if self.local:
             os.replace(self._tmp, final)
+            _sync_dir(self.dir)
         else:
             self.fs.put_file(self._tmp, final)
             os.remove(self._tmp)
@@ -447,11 +481,14 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[Any]:
     fs, path = fsspec.core.url_to_fs(url)
     folder, name = path.rsplit("/", 1)
     fs.makedirs(folder, exist_ok=True)
-    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{folder}/.{name}{TMP_SUFFIX}{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, mode) as f:
         yield f
+        if _is_local(fs):
+            _sync(f)
     if _is_local(fs):
         os.replace(tmp, path)
+        _sync_dir(path.rsplit("/", 1)[0])
     else:
         fs.mv(tmp, path)
 

@@ -41,6 +41,8 @@ class Report:
     def render(self) -> str:
         head = (f"{self.dataset}: {self.shards} shards, {self.samples} samples "
                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.per_source.items())) or 'none'})")
+        if self.ok and not self.samples:  # every unit quarantined, or --limit 0: valid, and worth saying
+            return f"{head}\nOK: empty dataset (no samples), shard format v{shards.FORMAT_VERSION}, no violations"
         if self.ok:
             return f"{head}\nOK: shard format v{shards.FORMAT_VERSION}, no violations"
         listed = self.violations[:_MAX_LISTED]
@@ -166,8 +168,6 @@ def validate(dataset: str) -> Report:
         base = p.rstrip("/").rsplit("/", 1)[-1]
         if base.endswith(".tar") and not shards.SHARD_NAME.match(base):
             report.add(base, "shard name does not match <source>-<NNNNNN>.tar")
-    if not names:
-        report.add(dataset, "no shards under shards/")
     for name in names:
         report.shards += 1
         members = _members(shards.join(dataset, shards.SHARDS_DIR, name), report, name)

@@ -50,7 +50,7 @@ def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
     assert q["crash-0"]["reason"] == "ZeroDivisionError" and "stage bug" in q["crash-0"]["detail"]
     assert q["reject-0"]["kind"] == "filtered" and q["reject-0"]["reason"] == "too_few_subjects"
     # the poisoned unit failed alone: its batch-mates were retried one by one and kept
-    assert q["poison-0"]["stage"] == "model" and "device-side assert" in q["poison-0"]["detail"]
+    assert q["poison-0"]["stage"] == "model" and "poisoned input" in q["poison-0"]["detail"]
     assert set(q) == {"bad-0", "crash-0", "reject-0", "poison-0"}
     samples = list(shards.iter_samples(str(out)))
     assert all(s.models["toy"] == "v1" for s in samples)

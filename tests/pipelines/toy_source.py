@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -10,7 +11,7 @@ from datagen.units import BadInput, Item, Rejected, Unit
 from pipelines.stages import ActorStage, Resources, TaskStage
 from tests.shard_factory import make_sample
 
-BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two", "alias")  # alias-<n>-<name>: key from <name> only
+BEHAVIOURS = ("ok", "bad", "crash", "reject", "poison", "two", "alias", "cuda")  # alias-<n>-<name>: key from <name> only
 
 
 class ToyConfig(Params):
@@ -37,17 +38,28 @@ def load(item: Item, seconds: float = 0.0) -> Item:
 
 
 class Model:
-    """A batch 'model' that fails on any batch holding a poisoned unit (so the batch is retried one by one)."""
+    """A batch 'model' that fails on any batch holding a poisoned unit (so the batch is retried one by one).
+
+    A ``cuda`` unit breaks the process's (simulated) CUDA context as a device-side assert does: that call and
+    every later one in the process fail.
+    """
+
+    context_broken = False  # per process, as a CUDA context is
 
     def __init__(self, tag: str):
         self.tag = tag
 
     def __call__(self, items: list[Item]) -> list[Item]:
+        if any(it.unit.id.startswith("cuda") for it in items):
+            Model.context_broken = True
+        if Model.context_broken:
+            raise RuntimeError("CUDA error: device-side assert triggered\nCompile with `TORCH_USE_CUDA_DSA` ...")
         if any(it.unit.id.startswith("poison") for it in items):
-            raise RuntimeError("CUDA error: device-side assert (simulated)")
+            raise RuntimeError("stage bug on a poisoned input (simulated)")
         for it in items:
             for s in it.samples:
                 s.models["toy"] = self.tag
+                s.models["pid"] = os.getpid()  # which actor process ran it
         return items
 
 
