@@ -38,8 +38,9 @@ dataset: setup
 	$(BIN)/python -m pipelines all --config configs/sample.yaml --out $(SAMPLE_OUT)
 	$(BIN)/python -m datagen.shards validate $(SAMPLE_OUT)
 
-test: setup
-	$(BIN)/python -m pytest
+# The default run also checks what `make dataset` built (every source, validation, evaluation on it).
+test: dataset
+	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
 test-slow: setup

@@ -68,7 +68,10 @@ def _owner(directory: str) -> str:
 
 @contextmanager
 def output_lock(out: str, source: str) -> Iterator[None]:
-    """Hold the lock of ``out`` for the body; raise OutputLocked naming the holder, OutputError if unusable."""
+    """Hold the lock of ``out`` for the body; raise OutputLocked naming the holder, OutputError if unusable.
+    An output directory this call made and the body left with nothing but the lock (a run that stopped before
+    any work: inputs that cannot be listed) is removed again."""
+    new = not os.path.exists(out) if "://" not in out else False
     directory = _lock_dir(out)
     # No soft-lock fallback: a soft lock outlives a killed run, which is what flock exists to avoid.
     lock = filelock.FileLock(os.path.join(directory, LOCK_FILE), timeout=0, fallback_to_soft=False)
@@ -86,4 +89,8 @@ def output_lock(out: str, source: str) -> Iterator[None]:
             json.dump(owner, f)
         yield
     finally:
+        if new and sorted(os.listdir(directory)) == sorted([LOCK_FILE, OWNER_FILE]):
+            for name in (OWNER_FILE, LOCK_FILE):
+                os.remove(os.path.join(directory, name))
+            os.rmdir(directory)
         lock.release()

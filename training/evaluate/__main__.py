@@ -25,7 +25,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", help="a spec file (.yaml/.jsonl), a folder with spec.yaml, a DreamBench-layout folder, or "
                                  "a shipped set name (mini)")
     p.add_argument("--shards", help="a dataset folder: evaluate on its samples (held-out data)")
-    p.add_argument("--limit", type=int, help="at most N samples (per source)")
+    p.add_argument("--limit", type=int, help="at most N samples from --set and N from --shards")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--baseline", action="append", choices=["base-sdxl", "ip-adapter"], default=[],
                    help="base-sdxl always runs; ip-adapter adds IP-Adapter Plus SDXL when its weights are here")

@@ -1,0 +1,54 @@
+"""What ``make dataset`` built, checked by ``make test`` (which builds it first and names it in
+``ANYSTORY_SAMPLE_DATASET``): every one of the five sources wrote at least one sample, marked synthetic, the dataset
+validates, and the evaluation runs on it as a user would run it (``python -m training.evaluate --size tiny --shards
+data/sample ...``), writing ``metrics.json``, the per-sample parquet and the HTML report.
+
+Run by hand: ``make dataset && ANYSTORY_SAMPLE_DATASET=data/sample python -m pytest tests/test_sample_dataset.py``.
+(``tests/pipelines/test_sample_dataset.py``, a slow test, builds the same dataset in a temporary folder.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from datagen import shards
+from datagen.shards.validate import validate
+from pipelines.sources import SOURCES
+
+DATASET = os.environ.get("ANYSTORY_SAMPLE_DATASET")
+pytestmark = pytest.mark.skipif(not DATASET, reason="ANYSTORY_SAMPLE_DATASET is unset: `make test` sets it "
+                                                    "after `make dataset`")
+
+
+def test_make_dataset_wrote_every_source_and_validates():
+    report = validate(DATASET)
+    assert report.ok, report.violations
+    manifest = shards.read_manifest(DATASET)
+    assert manifest["synthetic_models"] is True
+    samples = {name: manifest["sources"][name]["counts"]["samples"] for name in SOURCES}
+    assert set(samples) == {"video", "objaverse", "deepfashion2", "coco", "urls"}
+    assert all(n >= 1 for n in samples.values()), samples
+    index = shards.read_table(DATASET, shards.INDEX_FILE)
+    assert index.num_rows == sum(samples.values()) == report.samples
+
+
+def test_evaluate_on_the_sample_dataset(tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "training.evaluate", "--size", "tiny", "--shards", DATASET, "--limit", "3",
+           "--steps", "2", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["synthetic"] is True and metrics["n_samples"] == 3
+    assert set(metrics["metrics"]) == {"anystory", "base-sdxl"}
+    for m in ("clip_i", "clip_t", "dino"):
+        lo, hi = metrics["metrics"]["anystory"][m]["ci"]
+        assert lo <= metrics["metrics"]["anystory"][m]["mean"] <= hi
+    rows = pd.read_parquet(out / "samples.parquet")
+    assert len(rows) == 6 and set(rows.system) == {"anystory", "base-sdxl"}
+    assert all((out / p).is_file() for p in rows.image)
+    page = (out / "report.html").read_text()
+    assert page.count("<tr class=sample>") == 3
