@@ -18,10 +18,12 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
+from typing import Any
 
 import numpy as np
 
 from datagen import files, images
+from datagen.filecache import FileCache
 from datagen.labeling import filters
 from datagen.readers.coco import segmentation_mask
 from datagen.labeling.filters import FilterParams, Instance
@@ -57,10 +59,24 @@ def _group_of(anno: object) -> tuple[int, str]:
         raise BadInput("not_a_deepfashion2_annotation", f"pair_id {anno['pair_id']!r} is not a number") from None
 
 
-def list_units(root: str) -> list[Unit]:
+def _read_group(fs, path: str) -> dict[str, Any]:
+    """What listing needs of one annotation file: ``{"pair_id", "side"}``, or ``{"reason", "detail"}`` when it
+    cannot be read or grouped (JSON-serialisable: kept by the file cache)."""
+    try:
+        with fs.open(path, "r") as f:
+            pid, side = _group_of(json.load(f))
+        return {"pair_id": pid, "side": side}
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        return {"reason": "corrupt_annotation", "detail": f"{path}: {e}"}
+    except BadInput as e:
+        return {"reason": e.reason, "detail": f"{path}: {e.detail}"}
+
+
+def list_units(root: str, cache: FileCache | None = None) -> list[Unit]:
     """One unit per ``pair_id`` (sorted), listing its shop and user images by name. An annotation file that
     cannot be read or grouped becomes an unusable unit named by its file (quarantined); the rest run. The root
-    is a name, not a pattern (``[v2]`` in it is literal)."""
+    is a name, not a pattern (``[v2]`` in it is literal). With a ``cache``, a local annotation unchanged since an
+    earlier listing (path, size, mtime) is not parsed again: a 390 k-file split is listed from the cache."""
     fs, base = files.url_to_fs(root)
     annos_dir = join(base, "annos")
     if not fs.isdir(annos_dir):
@@ -68,21 +84,16 @@ def list_units(root: str) -> list[Unit]:
     groups: dict[int, dict[str, list[str]]] = defaultdict(lambda: {"shop": [], "user": []})
     dataset = os.path.basename(root.rstrip("/"))
     bad = []
+    cached = cache is not None and files.is_local(root)
     for path in sorted(p for p in fs.ls(annos_dir, detail=False) if p.endswith(".json")):
         name = os.path.basename(path)[: -len(".json")]
-        try:
-            with fs.open(path, "r") as f:
-                anno = json.load(f)
-            pid, side = _group_of(anno)
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        found = (cache.get("deepfashion2-group", path, lambda p: _read_group(fs, p)) if cached
+                 else _read_group(fs, path))
+        if "reason" in found:
             bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
-                                     BadInput("corrupt_annotation", f"{path}: {e}")))
+                                     BadInput(found["reason"], found["detail"])))
             continue
-        except BadInput as e:
-            bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
-                                     BadInput(e.reason, f"{path}: {e.detail}")))
-            continue
-        groups[pid][side].append(name)
+        groups[found["pair_id"]][found["side"]].append(name)
     return [Unit(f"deepfashion2:{dataset}:{pid}", {"root": root, "dataset": dataset, "pair_id": pid, **g})
             for pid, g in sorted(groups.items())] + bad
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from datagen.filecache import FileCache
 from datagen.readers import deepfashion2
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath
@@ -23,7 +24,7 @@ class DeepFashion2Source:
     Config = Config
 
     def units(self, cfg: Config) -> list[Unit]:
-        return deepfashion2.list_units(cfg.root)
+        return deepfashion2.list_units(cfg.root, FileCache())
 
     def roles(self, cfg: Config) -> list[str]:
         return cfg.caption_roles()

@@ -175,3 +175,30 @@ def test_a_decompression_bomb_is_refused_before_decoding(root):
     item = load(units_by_pair(root)[1])
     assert item.drops["deepfashion2/too_many_pixels"] == 1
     assert [(s.provenance["shop"], s.provenance["user"]) for s in item.samples] == [("000001", "000003")]
+
+
+def test_annotations_are_parsed_once_across_listings_until_a_file_changes(root, tmp_path, monkeypatch):
+    """A second run lists a split from the file cache; an edited annotation (size, mtime) is read again, and an
+    unusable one stays quarantined by name from the cache too."""
+    from datagen.filecache import FileCache
+
+    with open(os.path.join(root, "annos", "900001.json"), "w") as f:
+        json.dump([1, 2], f)
+    parsed = []
+    real = df2._read_group
+    monkeypatch.setattr(df2, "_read_group", lambda fs, p: parsed.append(os.path.basename(p)) or real(fs, p))
+    db = str(tmp_path / "cache" / "files.sqlite")
+
+    def listing(cache):
+        return [(u.id, u.ref.get("shop"), u.ref.get("user")) for u in df2.list_units(root, cache)]
+
+    first = listing(FileCache(db))
+    n_files = len(os.listdir(os.path.join(root, "annos")))
+    assert len(parsed) == n_files
+    assert listing(FileCache(db)) == first and len(parsed) == n_files  # a new run: nothing parsed again
+    assert "deepfashion2:train:annos/900001.json" in [uid for uid, _, _ in first]
+    edit(root, "000007", lambda a: a.update(pair_id=3))  # moves 000007 from pair 4 into pair 3
+    moved = listing(FileCache(db))
+    assert parsed[n_files:] == ["000007.json"]
+    assert moved != first and any("000007" in (shop or []) + (user or []) for uid, shop, user in moved
+                                  if uid == "deepfashion2:train:3")
