@@ -229,3 +229,22 @@ def test_a_1080p_clip_is_stored_at_the_default_max_side(tmp_path, rotation, shap
         full = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90 % 4))
     small = np.asarray(Image.fromarray(full).resize((shape[1], shape[0]), Image.BOX), dtype=int)
     assert np.abs(s.frames[0].image - small).mean() < 3
+
+
+def test_the_decode_downscale_averages_rather_than_picks_pixels(tmp_path):
+    """1-pixel black/white stripes at 1920×1080 brought to 1536: an area filter averages each stored pixel over
+    1.25 source columns (grey levels, std ~57); picking pixels would alias them into full-contrast bands (~127)."""
+    path = str(tmp_path / "stripes.mp4")
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    image[:, ::2] = 255
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast", "threads": "1"}
+        for _ in range(2):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with video.open_video(path) as (container, stream):
+        [(_, frame)], shown = video.frames_at(container, stream, [0.0], 1536)
+    assert frame.shape == (864, 1536, 3) and shown == (1920, 1080)
+    assert frame.std() < 80
