@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from typing import Callable
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -20,6 +21,12 @@ MAX_PIXELS = 1 << 28  # ~268 MP: the default cap of every reader (Pillow's own d
 # textures and for any reader's max_pixels, not the cap itself (check_pixels is).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ORIENTATION = 0x0112  # EXIF tag
+# Every reader's default ``max_side``: a frame's long side above it is downscaled at decode. The trainer fits each
+# frame into the nearest SDXL aspect bucket of area 1024² by resize-to-cover then crop (training/augment.py); at
+# 1536 (1.5 × 1024) every aspect up to 2.18:1 still covers its bucket without upscaling: 1:1 needs 1024, 4:3 1195,
+# 3:2 1280, 16:9 1366 (a 1080p frame is stored 1536×864 for the 768×1344 bucket), 2:1 1472, a 19.5:9 phone screen
+# 1526. A 4K frame or a 12 MP photo then keeps ~1/7 of its pixels, which bounds a unit's memory (README "Frame size").
+MAX_SIDE = 1536
 
 
 def check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
@@ -59,11 +66,45 @@ def decode_rgb(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
         raise BadInput("corrupt_image", f"{name}: {e}") from None
 
 
-def read_rgb(url: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Local path or fsspec URL → RGB array; a missing file is BadInput too, a bomb Rejected."""
+def read_rgb(url: str, max_pixels: int = MAX_PIXELS,
+             max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Local path or fsspec URL → (RGB array with its long side at most ``max_side``, the original (width,
+    height) upright); a missing file is BadInput too, a bomb Rejected."""
     try:
         with files.open_url(url, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise BadInput("missing_file", url) from None
-    return decode_rgb(data, url, max_pixels)[0]
+    image, size = decode_rgb(data, url, max_pixels, lambda w, h: scale_factor(w, h, None, max_side))
+    return resize(image, None, max_side, size), size
+
+
+def scale_factor(width: int, height: int, short_side: int | None, max_side: int | None) -> float:
+    """The factor (≤ 1: never up) that brings the short side to ≤ ``short_side`` and the long side to ≤
+    ``max_side`` (None: no bound)."""
+    return min(1.0, short_side / min(width, height) if short_side else 1.0,
+               max_side / max(width, height) if max_side else 1.0)
+
+
+def resize(image: np.ndarray, short_side: int | None, max_side: int | None,
+           original: tuple[int, int] | None = None) -> np.ndarray:
+    """Downscale (never up) so the short side is ≤ ``short_side`` and the long side ≤ ``max_side``
+    (img2dataset's keep_ratio / keep_ratio_largest), with area interpolation as it does for downscaling.
+
+    ``original``: the (width, height) of an image that ``decode_rgb`` drafted to a reduced size; the result is
+    the size the full decode would give (a draft rounds its sides up), so the stored size never depends on it."""
+    h, w = image.shape[:2]
+    ow, oh = original or (w, h)
+    scale = scale_factor(ow, oh, short_side, max_side)
+    size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
+    if size == (w, h):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A boolean mask of an image resized to ``width`` × ``height``: area-averaged like the image, a pixel kept
+    when at least half covered."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA) >= 0.5

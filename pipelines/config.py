@@ -4,7 +4,7 @@ their key path), with CLI overrides applied on top.
     out: data/sample            # dataset directory (local path or fsspec URL)
     models: auto                # auto | real | tiny   (datagen/models.py)
     ray: {address: null}        # null = a private local Ray; "auto" or ray://host:10001 = a cluster
-    writer: {units_per_shard: 256, max_shard_bytes: 1000000000}
+    writer: {units_per_shard: 256, max_batch_bytes: 2000000000, max_shard_bytes: 1000000000}
     registry: {captioner: {id: Qwen/Qwen2-VL-2B-Instruct, path: null}, ...}
     sources:
       objaverse: {...}          # one section per source, see pipelines/sources/<name>.py
@@ -36,7 +36,12 @@ class RayConfig(Params):
 
 
 class WriterConfig(Params):
-    units_per_shard: int = Field(256, ge=1)  # units handed to one writer call (and one ledger part)
+    units_per_shard: int = Field(256, ge=1)  # most units handed to one writer call (and one ledger part)
+    # A writer call holds its units' frames and masks in memory (twice: Ray's pickled rows and the decoded items):
+    # it takes at most this many bytes' worth at the source's per-unit bound (``unit_bytes``), at least one unit.
+    # 2 GB keeps a writer task's worst case near 4 GB, one core's share of RAM on common machines, where 256 units
+    # of 1080p video (~70 MB each) would hold 18 GB (README "Writer memory").
+    max_batch_bytes: int = Field(2_000_000_000, ge=1)
     max_shard_bytes: int = Field(1_000_000_000, ge=1)
     jpeg_quality: int = Field(95, ge=1, le=100)
     num_cpus: float = 1.0

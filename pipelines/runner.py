@@ -28,7 +28,7 @@ from datagen import models as registry
 from datagen import shards
 from datagen.units import Outcome
 from pipelines import ledger
-from pipelines.config import PipelineConfig, config_hash
+from pipelines.config import PipelineConfig, WriterConfig, config_hash
 from pipelines.lock import output_lock
 from pipelines.sources import Source
 from pipelines.stages import ActorStage, CrashLog, TaskStage, apply, items_of, unit_row
@@ -99,6 +99,13 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
         "status": np.array([u["status"] for u in units], dtype=object),
         "n_samples": np.array([len(u["keys"]) for u in units], dtype=np.int64),
     }
+
+
+def writer_batch_units(unit_bytes: int, writer: WriterConfig) -> int:
+    """Units per writer call: as many as ``max_batch_bytes`` holds at the source's per-unit bound, clamped to [1,
+    ``units_per_shard``]. Ray Data batches by rows only (its ``batch_size="auto"`` guesses bytes per row from the
+    first block, which may be a unit that was filtered and holds no frame), so the bound is computed up front."""
+    return max(1, min(writer.units_per_shard, writer.max_batch_bytes // max(1, unit_bytes)))
 
 
 class ResourceError(RuntimeError):
@@ -215,8 +222,11 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     state = ledger.Ledger.read(out, source.name)  # the one read of the ledger: reconcile, skip, finalize use it
     finished = pc.is_in(ids, value_set=state.done(retry_failed)).to_numpy(zero_copy_only=False)
     todo = [u for u, done in zip(units, finished) if not done]
+    unit_bytes = source.unit_bytes(scfg)
+    batch = writer_batch_units(unit_bytes, cfg.writer)
     print(f"[{source.name}] {len(units)} units listed, {len(units) - len(todo)} already done, "
-          f"{len(todo)} to process; models: {_models_line(specs)}")
+          f"{len(todo)} to process; models: {_models_line(specs)}; writer batches of {batch} units "
+          f"(≤ {unit_bytes / 1e6:,.1f} MB a unit, writer.max_batch_bytes {cfg.writer.max_batch_bytes / 1e6:,.0f} MB)")
 
     processed: Counter = Counter()
     samples = 0
@@ -227,13 +237,13 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
         stages = source.stages(scfg, specs)
         check_resources(stages, cfg.writer.num_cpus, ray.cluster_resources(), local=not cfg.ray.address)
         run_id = uuid.uuid4().hex[:12]
-        blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // cfg.writer.units_per_shard) * 4)
+        blocks = min(len(todo), cfg.writer.input_blocks or max(1, len(todo) // batch) * 4)
         ds = ray.data.from_items([unit_row(u) for u in todo], override_num_blocks=max(1, blocks))
         crashes = ray.remote(num_cpus=0)(CrashLog).remote()
         for stage in stages:
             ds = apply(ds, stage, crashes)
         ds = ds.map_batches(
-            write_batch, batch_size=cfg.writer.units_per_shard, batch_format="numpy",
+            write_batch, batch_size=batch, batch_format="numpy",
             num_cpus=cfg.writer.num_cpus,
             fn_kwargs=dict(out=out, source=source.name, numbers=numbers, claims=claims, run_id=run_id,
                            max_shard_bytes=cfg.writer.max_shard_bytes, jpeg_quality=cfg.writer.jpeg_quality),

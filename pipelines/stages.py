@@ -53,6 +53,8 @@ _DETAIL_CHARS = 4000
 
 
 def _fail(item: Item, stage: str, error: BaseException) -> None:
+    # a quarantined unit writes nothing: its frames and masks need not travel on (the writer's per-unit bound)
+    item.samples, item.scratch = [], {}
     if isinstance(error, Rejected):
         item.outcome = Outcome("filtered", stage, error.reason, error.detail)
     elif isinstance(error, BadInput):

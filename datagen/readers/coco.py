@@ -5,7 +5,9 @@ the chosen categories; masks are rasterised from the annotation polygons/RLE by 
 model); then the router rules of ``datagen.labeling.router_data`` apply (B.1 filters, 2–N subjects per image).
 The box rules run first on the annotation boxes: masks are built only for the instances that survive them
 (memory then grows with the subjects kept, not with the annotations listed), and an image with more than
-``max_annotations`` is refused before anything is read.
+``max_annotations`` is refused before anything is read. An image whose long side exceeds ``max_side`` is decoded
+downscaled (a JPEG at a reduced size already); the rules run on the annotations in the original's pixels, then the
+kept boxes and masks are scaled to the stored image.
 
 A file is untrusted input: an image id listed twice with different entries, or a ``file_name`` shared by two
 image ids (the sample key would repeat), and entries missing their fields become quarantined units with the
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -41,6 +44,7 @@ class CocoParams(RouterRules):
     # more annotations of the chosen categories on one image: refused before reading it (COCO's most is ~90)
     max_annotations: int = 1000
     max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
+    max_side: int | None = images.MAX_SIDE  # a longer image side is downscaled at decode, masks and boxes with it
 
 
 def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
@@ -118,6 +122,16 @@ def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.
     return mask_utils.decode(rle).astype(bool)
 
 
+def downscaled(x: Instance, original: tuple[int, int], size: tuple[int, int]) -> Instance:
+    """An annotated instance (box, exact mask) of an image of ``original`` (width, height), in that image as decoded
+    at ``size``. The annotations are in the original's pixels; the rules run there, the kept few are scaled."""
+    if size == original:
+        return x
+    sx, sy = size[0] / original[0], size[1] / original[1]
+    x0, y0, x1, y1 = x.box
+    return replace(x, box=[x0 * sx, y0 * sy, x1 * sx, y1 * sy], mask=images.resize_mask(x.mask, *size))
+
+
 def load_sample(item: Item, p: CocoParams) -> Item:
     ref = item.unit.ref
     anns = ref["annotations"]
@@ -128,8 +142,7 @@ def load_sample(item: Item, p: CocoParams) -> Item:
     if len(anns) > p.max_annotations:
         raise Rejected("too_many_annotations", f"{len(anns)} annotations > {p.max_annotations}")
     images.check_pixels(ref["width"], ref["height"], p.max_pixels, ref["image"])  # as the file says, unread
-    image = images.read_rgb(ref["image"], p.max_pixels)
-    h, w = image.shape[:2]
+    image, (w, h) = images.read_rgb(ref["image"], p.max_pixels, p.max_side)
     if (w, h) != (ref["width"], ref["height"]):
         raise BadInput("size_mismatch", f"{ref['image']}: annotation says {ref['width']}x{ref['height']}, "
                                         f"image is {w}x{h}")
@@ -151,13 +164,14 @@ def load_sample(item: Item, p: CocoParams) -> Item:
             raise BadInput("mask_size_mismatch", f"annotation {x.fields['annotation_id']}: RLE is {x.mask.shape}, "
                                                  f"image {h}x{w}")
     kept = router_data.select(item, STAGE, survivors, w, h, p)  # the box rules again drop none of them
+    size = (image.shape[1], image.shape[0])
     item.samples = [router_data.sample(
         key=stable_key("coco", f"{ref['dataset']}/{ref['file_name']}"),
         image=image,
         text=router_data.caption([x.phrase for x in kept]),
-        kept=kept,
+        kept=[downscaled(x, (w, h), size) for x in kept],
         provenance={"dataset": ref["dataset"], "file_name": ref["file_name"], "url": ref.get("url"),
-                    "license": ref.get("license")},
+                    "license": ref.get("license"), "original_size": [w, h]},
         models={"captioner": "category_names"},
         exact=True,
     )]

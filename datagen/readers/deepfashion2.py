@@ -25,7 +25,7 @@ import numpy as np
 from datagen import files, images
 from datagen.filecache import FileCache
 from datagen.labeling import filters
-from datagen.readers.coco import segmentation_mask
+from datagen.readers.coco import downscaled, segmentation_mask
 from datagen.labeling.filters import FilterParams, Instance
 from datagen.params import Params
 from datagen.shards import Frame, Sample, Subject, join, stable_key
@@ -40,6 +40,7 @@ class DeepFashion2Params(Params):
     pairs_per_user: int = 1  # shop images paired with each user image (the best-matching ones)
     max_pairs_per_group: int = 32  # samples per pair_id group (bounds a unit's memory), extra pairs counted
     max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
+    max_side: int | None = images.MAX_SIDE  # a longer image side is downscaled at decode, masks and boxes with it
     # Exact polygons: B.1's mask/box rule guards SAM masks and its 70 % area cap drops background-sized boxes;
     # neither fits product photos where the garment fills the frame.
     filters: FilterParams = FilterParams(area_max=1.0, min_mask_box_ratio=0.0)
@@ -138,13 +139,13 @@ class _Images:
     def __init__(self, root: str, p: DeepFashion2Params, item: Item):
         self.root, self.p, self.item = root, p, item
         self.frames: dict[str, np.ndarray] = {}
+        self.original: dict[str, tuple[int, int]] = {}  # (width, height) before the downscale
         self.kept: dict[str, dict[str, Instance]] = {}
 
     def load(self, name: str, anno: dict) -> None:
         if name in self.frames:
             return
-        image = images.read_rgb(join(self.root, "image", f"{name}.jpg"), self.p.max_pixels)
-        h, w = image.shape[:2]
+        image, (w, h) = images.read_rgb(join(self.root, "image", f"{name}.jpg"), self.p.max_pixels, self.p.max_side)
         filters.check_image_size(w, h, self.p.filters)  # Rejected: the caller drops this image's pairs
         instances = []
         for k in _item_keys(anno):
@@ -160,7 +161,9 @@ class _Images:
         for reason, n in drops.items():
             self.item.drop(STAGE, reason, n)
         self.frames[name] = image
-        self.kept[name] = {x.fields["item"]: x for x in kept}
+        self.original[name] = (w, h)
+        size = (image.shape[1], image.shape[0])  # the polygons are in the original's pixels: rules there, then scaled
+        self.kept[name] = {x.fields["item"]: downscaled(x, (w, h), size) for x in kept}
 
 
 def load_pairs(item: Item, p: DeepFashion2Params) -> Item:
@@ -235,7 +238,8 @@ def _pair_sample(item: Item, ref: dict, pair: tuple[str, str], annos: dict, styl
         item.drop(STAGE, "pair_without_subjects")
         return None
     frames = [Frame(loaded.frames[n], caption([annos[n][k] for k in _item_keys(annos[n])]),
-                    {"image": n, "domain": annos[n]["source"]}) for n in (s, u)]
+                    {"image": n, "domain": annos[n]["source"], "original_size": list(loaded.original[n])})
+              for n in (s, u)]
     return Sample(
         key=stable_key("df2", f"{ref['dataset']}/{s}/{u}"),
         source="image",

@@ -24,7 +24,6 @@ import urllib.request
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
-import cv2
 import numpy as np
 
 from datagen import files, images
@@ -46,7 +45,7 @@ class DownloadParams(Params):
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
     min_side: int = 512  # short side of the original image below this: rejected (image_too_small)
     short_side: int | None = None  # downscale so that the short side is at most this (None: keep)
-    max_side: int | None = None  # downscale so that the long side is at most this (None: keep)
+    max_side: int | None = images.MAX_SIDE  # downscale so that the long side is at most this (None: keep)
     max_pixels: int = images.MAX_PIXELS  # declared width × height above this: refused before decoding
     # URL lists are untrusted: schemes fetched ("file": file:// URLs and local paths; s3, gs, ...: fsspec)
     schemes: list[str] = ["http", "https"]
@@ -281,21 +280,6 @@ def _connection_error(url: str, reason: object) -> BadInput:
 # ---------------------------------------------------------------------------------------- decode + resize
 
 
-def _scale(h: int, w: int, short_side: int | None, max_side: int | None) -> float:
-    return min(1.0, short_side / min(h, w) if short_side else 1.0, max_side / max(h, w) if max_side else 1.0)
-
-
-def resize(image: np.ndarray, short_side: int | None, max_side: int | None) -> np.ndarray:
-    """Downscale (never up) so the short side is ≤ ``short_side`` and the long side ≤ ``max_side``
-    (img2dataset's keep_ratio / keep_ratio_largest), with area interpolation as it does for downscaling."""
-    h, w = image.shape[:2]
-    scale = _scale(h, w, short_side, max_side)
-    if scale >= 1.0:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 def fetch_image(fetcher: Fetcher, url: str) -> tuple[np.ndarray, tuple[int, int]]:
     """URL → (RGB image after the downscale, original (width, height)); BadInput/Rejected with the reason."""
     return decode_image(fetcher.fetch(url), url, fetcher.p)
@@ -307,9 +291,9 @@ def decode_image(data: bytes, name: str, p: DownloadParams) -> tuple[np.ndarray,
     JPEG that is downscaled anyway decodes at a reduced size (``draft``)."""
 
     def scale_for(w: int, h: int) -> float:
-        return _scale(h, w, p.short_side, p.max_side) if min(w, h) >= p.min_side else 1.0
+        return images.scale_factor(w, h, p.short_side, p.max_side) if min(w, h) >= p.min_side else 1.0
 
     image, (w, h) = images.decode_rgb(data, name, p.max_pixels, scale_for)
     if min(w, h) < p.min_side:
         raise Rejected("image_too_small", f"{name}: {w}x{h}, short side < {p.min_side}")
-    return resize(image, p.short_side, p.max_side), (w, h)
+    return images.resize(image, p.short_side, p.max_side, (w, h)), (w, h)

@@ -5,7 +5,8 @@ Inputs (``list_videos``): folders (local or fsspec URLs; every video file below 
 single paths/URLs. One unit per clip.
 
 Sampling (``sample_clip``) makes two passes over the file with PyAV:
-Frames come out upright: the stream's display-matrix rotation (phone clips) is applied to each (``upright``).
+Frames come out upright: the stream's display-matrix rotation (phone clips) is applied to each (``upright``), and
+with their long side at most ``max_side`` (downscaled while converting to RGB; provenance keeps ``original_size``).
 
 1. scan: one sequential decode that skips non-reference frames and converts only ``scan_fps`` small thumbnails
    a second, fed to PySceneDetect's detector, gives the cut times. Finding cuts needs the whole clip; nothing
@@ -60,7 +61,7 @@ class SamplingParams(Params):
     scan_width: int = 128
     min_sharpness: float = 100.0  # variance of the Laplacian (grey, long side ≤ 512 px) below → blurry
     max_hash_distance: int = 6  # perceptual-hash Hamming distance (of 64 bits) at or below → near-duplicate
-    max_side: int | None = None  # frames with a longer side are downscaled while decoding
+    max_side: int | None = images.MAX_SIDE  # a longer frame side is downscaled while decoding (area, by FFmpeg)
     max_pixels: int = images.MAX_PIXELS  # a stream declaring larger frames is refused before decoding
 
     @model_validator(mode="after")
@@ -268,10 +269,13 @@ def shots(s: Scan, scan_fps: float) -> list[tuple[float, float]]:
 
 
 def frames_at(container, stream, times: list[float], max_side: int | None = None,
-              keyframes: list[float] | None = None) -> list[tuple[float, np.ndarray]]:
-    """Pass 2: the frame shown at each (ascending) time. The decoder seeks to the keyframe before a time, unless
-    it already stands between that keyframe and the time: then decoding on is cheaper than seeking back."""
+              keyframes: list[float] | None = None) -> tuple[list[tuple[float, np.ndarray]], tuple[int, int]]:
+    """Pass 2: the frame shown at each (ascending) time, upright and with its long side at most ``max_side``
+    (swscale's area filter while converting to RGB: no full-size RGB copy), and the (width, height) shown before
+    that downscale. The decoder seeks to the keyframe before a time, unless it already stands between that keyframe
+    and the time: then decoding on is cheaper than seeking back."""
     out = []
+    shown = (0, 0)
     half = 0.5 / _fps(stream)
     frames, position = None, None
     for t in times:
@@ -285,11 +289,13 @@ def frames_at(container, stream, times: list[float], max_side: int | None = None
             position = frame.time
             if frame.time >= t - half:
                 w, h = frame.width, frame.height
-                scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
-                size = {"width": round(w * scale), "height": round(h * scale)} if scale < 1 else {}
+                shown = (h, w) if frame.rotation % 180 else (w, h)
+                scale = images.scale_factor(w, h, None, max_side)
+                size = {"width": round(w * scale), "height": round(h * scale), "interpolation": "AREA"} \
+                    if scale < 1 else {}
                 out.append((frame.time, upright(frame, frame.to_ndarray(format="rgb24", **size))))
                 break
-    return out
+    return out, shown
 
 
 def upright(frame: av.VideoFrame, image: np.ndarray) -> np.ndarray:
@@ -343,6 +349,7 @@ class Sampled:
     cuts: list[float]
     duration: float
     fps: float
+    original_size: tuple[int, int]  # (width, height) as shown, before the ``max_side`` downscale
     drops: Counter = field(default_factory=Counter)
 
 
@@ -359,13 +366,14 @@ def sample_clip(url: str, p: SamplingParams, fp: FilterParams | None = None) -> 
         a, b = max(usable, key=lambda ab: ab[1] - ab[0])
         lo, hi = a + p.shot_margin_s, b - p.shot_margin_s
         times = list(np.linspace(lo, hi, p.candidates)) if hi > lo else [(a + b) / 2]
-        candidates = frames_at(container, stream, times, p.max_side, s.keyframes)
+        candidates, shown = frames_at(container, stream, times, p.max_side, s.keyframes)
     chosen, drops = select(candidates, p)
     if len(chosen) < p.min_frames:
         detail = ", ".join(f"{r} {n}" for r, n in sorted(drops.items())) or "none skipped"
         raise Rejected("too_few_frames", f"{url}: {len(chosen)} of {len(candidates)} candidates usable ({detail})")
     frames = [(t - s.start, int(round((t - s.start) * s.fps)), im) for t, im in (candidates[k] for k in chosen)]
-    return Sampled(frames, (a - s.start, b - s.start), [c - s.start for c in s.cuts], s.end - s.start, s.fps, drops)
+    return Sampled(frames, (a - s.start, b - s.start), [c - s.start for c in s.cuts], s.end - s.start, s.fps, shown,
+                   drops)
 
 
 def load_sample(item: Item, p: SamplingParams, fp: FilterParams) -> Item:
@@ -379,6 +387,7 @@ def load_sample(item: Item, p: SamplingParams, fp: FilterParams) -> Item:
         source="video",
         frames=[Frame(image, "", {"time_s": round(t, 3), "frame": n}) for t, n, image in s.frames],
         provenance={"url": url, "duration_s": round(s.duration, 3), "fps": round(s.fps, 3),
-                    "shot_s": [round(v, 3) for v in s.shot], "cuts_s": [round(c, 3) for c in s.cuts]},
+                    "shot_s": [round(v, 3) for v in s.shot], "cuts_s": [round(c, 3) for c in s.cuts],
+                    "original_size": list(s.original_size)},
     )]
     return item

@@ -4,7 +4,9 @@
 - ``Config`` (its ``Params`` section under ``sources.<name>`` in the YAML),
 - ``units(cfg) -> list[Unit]`` (deterministic, run in the driver),
 - ``roles(cfg) -> list[str]`` (model registry roles it needs, resolved at start-up),
-- ``stages(cfg, models) -> list[Stage]`` (the datagen stages, in order, with their resources).
+- ``stages(cfg, models) -> list[Stage]`` (the datagen stages, in order, with their resources),
+- ``unit_bytes(cfg) -> int`` (an upper bound of one unit's in-memory bytes when it reaches the writer, from its
+  config: the runner sizes writer batches by it, see ``frame_bytes``).
 
 Modules here are discovered by name, so adding a source is adding a file.
 """
@@ -31,6 +33,16 @@ class Source(Protocol):
     def roles(self, cfg: Any) -> list[str]: ...
 
     def stages(self, cfg: Any, models: dict[str, ModelSpec]) -> list[Stage]: ...
+
+    def unit_bytes(self, cfg: Any) -> int: ...
+
+
+def frame_bytes(max_side: int | None, max_pixels: int, max_subjects: int) -> int:
+    """Upper bound of one frame's in-memory bytes with its masks: RGB (3 bytes a pixel) and one boolean mask (1
+    byte a pixel) per subject, over at most ``max_side``² pixels (a square frame), or ``max_pixels`` when frames are
+    kept at full size (``max_side`` None)."""
+    pixels = min(max_side * max_side, max_pixels) if max_side else max_pixels
+    return pixels * (3 + max_subjects)
 
 
 def _discover() -> dict[str, Source]:

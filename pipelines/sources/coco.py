@@ -9,6 +9,7 @@ from datagen.models import ModelSpec
 from datagen.params import ExistingPath
 from datagen.units import Unit
 from pipelines.captioning import LoadThenCaption
+from pipelines.sources import frame_bytes
 from pipelines.stages import Stage
 
 
@@ -28,6 +29,10 @@ class CocoSource:
 
     def roles(self, cfg: Config) -> list[str]:
         return cfg.caption_roles()
+
+    def unit_bytes(self, cfg: Config) -> int:
+        p = cfg.params  # one image, one mask per subject
+        return frame_bytes(p.max_side, p.max_pixels, p.filters.max_subjects)
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         return cfg.load_then_caption(partial(coco.load_sample, p=cfg.params), models)

@@ -10,6 +10,7 @@ from datagen.models import ModelSpec
 from datagen.params import ExistingPath
 from datagen.units import Unit
 from pipelines.captioning import LoadThenCaption
+from pipelines.sources import frame_bytes
 from pipelines.stages import Stage
 
 
@@ -28,6 +29,12 @@ class DeepFashion2Source:
 
     def roles(self, cfg: Config) -> list[str]:
         return cfg.caption_roles()
+
+    def unit_bytes(self, cfg: Config) -> int:
+        # A unit is a pair_id group: up to max_pairs_per_group 2-photo samples, each photo held once however many
+        # pairs share it, so at most two distinct photos (with their subjects' masks) a pair.
+        p = cfg.params
+        return 2 * p.max_pairs_per_group * frame_bytes(p.max_side, p.max_pixels, p.filters.max_subjects)
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         return cfg.load_then_caption(partial(deepfashion2.load_pairs, p=cfg.params), models)

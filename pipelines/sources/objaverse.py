@@ -24,7 +24,9 @@ from datagen.filecache import FileCache
 from datagen.models import ModelSpec
 from datagen.params import ExistingPath, Params
 from datagen.render import check_backend
+from datagen.render.rig import N_VIEWS
 from datagen.units import Unit
+from pipelines.sources import frame_bytes
 from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ class ObjaverseSource:
 
     def roles(self, cfg: Config) -> list[str]:
         return ["captioner"] if cfg.captioner == "registry" else []
+
+    def unit_bytes(self, cfg: Config) -> int:
+        side = cfg.params.render.camera.resolution  # 7 square renders, one object mask each
+        return N_VIEWS * frame_bytes(side, side * side, 1)
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         check_backend(cfg.params.render)

@@ -32,6 +32,7 @@ from datagen.readers.download import DownloadParams
 from datagen.models import ModelSpec, describe
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit
+from pipelines.sources import frame_bytes
 from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 MODEL = Resources(num_cpus=0.25, batch_size=4)
@@ -80,6 +81,10 @@ class UrlsSource:
 
     def roles(self, cfg: Config) -> list[str]:
         return ["detector", "segmenter"] + (["captioner"] if cfg.captions == "captioner" else [])
+
+    def unit_bytes(self, cfg: Config) -> int:
+        d = cfg.download  # one image, one mask per person
+        return frame_bytes(d.max_side, d.max_pixels, cfg.persons.filters.max_subjects)
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         p, r = cfg.persons, cfg.resources

@@ -24,6 +24,7 @@ from datagen.readers.video import VIDEO_EXTENSIONS, SamplingParams
 from datagen.models import ModelSpec, describe
 from datagen.params import ExistingPath, Params
 from datagen.units import Unit
+from pipelines.sources import frame_bytes
 from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 MODEL = Resources(num_cpus=0.25, batch_size=4)
@@ -57,6 +58,10 @@ class VideoSource:
 
     def roles(self, cfg: Config) -> list[str]:
         return ["captioner", "detector", "segmenter", "embedder"]
+
+    def unit_bytes(self, cfg: Config) -> int:
+        s = cfg.sampling  # one sample: up to max_frames frames, each with a mask per subject (≤ max_subjects)
+        return s.max_frames * frame_bytes(s.max_side, s.max_pixels, cfg.labeling.filters.max_subjects)
 
     def stages(self, cfg: Config, models: dict[str, ModelSpec]) -> list[Stage]:
         lp, r = cfg.labeling, cfg.resources

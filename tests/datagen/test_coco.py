@@ -9,6 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from datagen import images, shards
 from datagen.readers import coco
 from datagen.labeling import router_data
 from datagen.labeling.filters import FilterParams
@@ -119,10 +120,35 @@ TWO = [(40, 60, 140, 380), (300, 80, 160, 380)]
     ((480, 640), [(20, 100, 200, 500), (250, 120, 210, 500)]),
 ])
 def test_coco_sizes_with_two_people_become_router_samples_with_the_defaults(tmp_path, size, boxes):
-    """Issue 12's tried case: COCO's real sizes (short side 427–480) used to fail ``image_too_small``."""
-    item = coco.load_sample(Item(scene(tmp_path, boxes, size=size)), coco.CocoParams())
+    """Issue 12's tried case: COCO's real sizes (short side 427–480) used to fail ``image_too_small``. They are
+    below the default ``max_side``: stored as decoded, with the annotations' exact masks."""
+    unit = scene(tmp_path, boxes, size=size)
+    item = coco.load_sample(Item(unit), coco.CocoParams())
     [s] = item.samples
     assert (s.frames[0].width, s.frames[0].height) == size and len(s.subjects) == 2 and not item.drops
+    assert np.array_equal(s.frames[0].image, np.asarray(Image.open(tmp_path / "im.jpg").convert("RGB")))
+    for sub, ann in zip(s.subjects, unit.ref["annotations"]):
+        assert np.array_equal(sub.masks[0], coco.segmentation_mask(ann["segmentation"], size[1], size[0]))
+    assert s.provenance["original_size"] == list(size)
+
+
+def test_a_photo_over_max_side_is_downscaled_at_decode_with_its_masks_and_boxes(tmp_path):
+    """A 12 MP phone photo (4032×3024) is stored with its long side at the default max_side (1536×1152, JPEG
+    draft then area resize); the rules ran on the annotations at full size and the kept masks and boxes are the
+    full-size ones scaled with the image. The original size stays in provenance."""
+    size = (4032, 3024)
+    unit = scene(tmp_path, [(400, 600, 1400, 2200), (2200, 500, 1500, 2300)], size=size)
+    item = coco.load_sample(Item(unit), coco.CocoParams())
+    [s] = item.samples
+    fr = s.frames[0]
+    assert (fr.width, fr.height) == (images.MAX_SIDE, 1152) and s.provenance["original_size"] == [4032, 3024]
+    scale = fr.width / size[0]
+    for sub, ann in zip(s.subjects, unit.ref["annotations"]):
+        expect = images.resize_mask(coco.segmentation_mask(ann["segmentation"], size[1], size[0]), fr.width, fr.height)
+        assert sub.masks[0].shape == (fr.height, fr.width) and np.array_equal(sub.masks[0], expect)
+        x, y, w, h = ann["bbox"]
+        assert sub.boxes[0] == pytest.approx([v * scale for v in (x, y, x + w, y + h)])
+        assert shards.mask_box(sub.masks[0]) == pytest.approx(sub.boxes[0], abs=2)
 
 
 def test_two_people_become_a_router_sample_with_exact_masks(tmp_path):

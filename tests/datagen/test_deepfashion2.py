@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from datagen import images
 from datagen.readers import deepfashion2 as df2
 from datagen.readers.coco import segmentation_mask
 from datagen.labeling.filters import FilterParams
@@ -58,8 +59,10 @@ def test_shop_and_user_photos_pair_on_style_with_exact_masks(root):
     assert item.drops == {"deepfashion2/style_0": 1}
     for s in item.samples:
         assert s.source == "image" and len(s.frames) == 2
-        assert [f.fields for f in s.frames] == [{"image": s.provenance["shop"], "domain": "shop"},
-                                                {"image": s.provenance["user"], "domain": "user"}]
+        shop, user = ([f.width, f.height] for f in s.frames)  # ~740×500: stored as they are
+        assert [f.fields for f in s.frames] == [
+            {"image": s.provenance["shop"], "domain": "shop", "original_size": shop},
+            {"image": s.provenance["user"], "domain": "user", "original_size": user}]
         for sub in s.subjects:
             for j, name in enumerate((s.provenance["shop"], s.provenance["user"])):
                 with open(os.path.join(root, "annos", f"{name}.json")) as f:
@@ -73,6 +76,27 @@ def test_shop_and_user_photos_pair_on_style_with_exact_masks(root):
     assert full.frames[0].caption == "a photo of a short sleeve top and trousers"
     assert len({s.key for s in item.samples}) == 2
     assert [s.key for s in load(units_by_pair(root)[1]).samples] == [s.key for s in item.samples]
+
+
+def test_photos_over_max_side_are_downscaled_with_their_masks_and_boxes(root):
+    """At max_side 370 the photos (~740×500) are stored at about half size; rules ran on the polygons at full size (the
+    same subjects survive) and each mask and box is the full-size one scaled with the photo."""
+    full = load(units_by_pair(root)[1])
+    half = load(units_by_pair(root)[1], max_side=370)
+    assert [s.key for s in half.samples] == [s.key for s in full.samples] and half.drops == full.drops
+    for big, small in zip(full.samples, half.samples):
+        for fb, fs in zip(big.frames, small.frames):
+            assert max(fs.width, fs.height) == 370 and fs.fields["original_size"] == [fb.width, fb.height]
+            scale = 370 / max(fb.width, fb.height)
+            assert (fs.width, fs.height) == (round(fb.width * scale), round(fb.height * scale))
+        assert [x.phrase for x in small.subjects] == [x.phrase for x in big.subjects]
+        for xb, xs in zip(big.subjects, small.subjects):
+            for j, fr in enumerate(small.frames):
+                assert xs.masks[j].shape == (fr.height, fr.width)
+                expect = images.resize_mask(xb.masks[j], fr.width, fr.height)
+                assert (xs.masks[j] != expect).mean() < 1e-3  # the same mask, at the photo's size
+                sx, sy = fr.width / big.frames[j].width, fr.height / big.frames[j].height
+                assert xs.boxes[j] == pytest.approx([v * s for v, s in zip(xb.boxes[j], (sx, sy, sx, sy))])
 
 
 def test_items_without_a_partner_are_dropped_with_a_reason(root):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datagen.images import resize
 from datagen.readers import download
-from datagen.readers.download import DownloadParams, Fetcher, fetch_image, resize
+from datagen.readers.download import DownloadParams, Fetcher, fetch_image
 from datagen.units import BadInput, Rejected
 from tests.image_server import ImageServer
 

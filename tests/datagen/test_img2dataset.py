@@ -22,7 +22,8 @@ from tests.image_server import ImageServer
 
 # LAION-like sizes: 3:2 landscape, 2:3 portrait, 1080p, a thumbnail below the size rule
 PHOTOS = {"beach.jpg": (1280, 853), "couple.jpg": (1024, 1536), "office.jpg": (1920, 1080), "thumb.jpg": (500, 333)}
-P = DownloadParams(min_side=512, threads=4, allow_private_addresses=True)  # the test server is on loopback
+# the test server is on loopback; full size, so stored pixels compare with a plain decode (downscale: test_download)
+P = DownloadParams(min_side=512, max_side=None, threads=4, allow_private_addresses=True)
 
 
 @pytest.fixture(scope="module")

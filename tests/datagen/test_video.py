@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from datagen import shards
 from datagen.readers import video
 from datagen.labeling.filters import FilterParams
 from datagen.samples.video import PAN_CUT, STILL, ZOOM, Shot, Thing, write_broken, write_clip
@@ -203,3 +204,47 @@ def test_frames_above_max_pixels_are_refused_before_decoding(clips):
     with pytest.raises(Rejected) as e:
         video.sample_clip(clips["pan_cut.mp4"], SamplingParams(max_pixels=320 * 240 - 1), FP)
     assert e.value.reason == "too_many_pixels" and "320x240" in e.value.detail
+
+
+@pytest.mark.parametrize("rotation,shape", [(0, (864, 1536, 3)), (-90, (1536, 864, 3))])
+def test_a_1080p_clip_is_stored_at_the_default_max_side(tmp_path, rotation, shape):
+    """A 1920×1080 clip (and a phone's portrait one: stored 1920×1080, display matrix -90°) comes out with its
+    long side at the default max_side (images.MAX_SIDE: README "Frame size"), downscaled while decoding; the
+    sample's meta.json sizes are the stored ones, provenance keeps the size shown. Later stages (detection,
+    segmentation) run on these frames, so their boxes and masks are at this size (check_sample holds them to it)."""
+    path = str(tmp_path / "hd.mp4")
+    # 8 frames at 8 fps: encoding 1080p is most of this test's time
+    write_clip(path, [Shot(1.0, (0.5, 0.5, 1.0), (0.5, 0.4, 0.7))], fps=8, size=(1920, 1080), rotation=rotation)
+    item = video.load_sample(Item(Unit(f"video:{path}", {"url": path})),
+                             SamplingParams(max_frames=2, candidates=3, min_sharpness=0, min_shot_s=0.5), FP)
+    [s] = item.samples
+    assert len(s.frames) == 2 and all(fr.image.shape == shape for fr in s.frames)
+    meta = shards.sample_meta(s)
+    assert [(f["width"], f["height"]) for f in meta["frames"]] == [(shape[1], shape[0])] * 2
+    assert meta["provenance"]["original_size"] == ([1920, 1080] if rotation == 0 else [1080, 1920])
+    # the picture of a full decode of that frame brought to that size (area filter: ~1 level off, not ~25)
+    n = s.frames[0].fields["frame"]
+    with av.open(path) as c:
+        frame = next(f for k, f in enumerate(c.decode(video=0)) if k == n)
+        full = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90 % 4))
+    small = np.asarray(Image.fromarray(full).resize((shape[1], shape[0]), Image.BOX), dtype=int)
+    assert np.abs(s.frames[0].image - small).mean() < 3
+
+
+def test_the_decode_downscale_averages_rather_than_picks_pixels(tmp_path):
+    """1-pixel black/white stripes at 1920×1080 brought to 1536: an area filter averages each stored pixel over
+    1.25 source columns (grey levels, std ~57); picking pixels would alias them into full-contrast bands (~127)."""
+    path = str(tmp_path / "stripes.mp4")
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    image[:, ::2] = 255
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast", "threads": "1"}
+        for _ in range(2):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with video.open_video(path) as (container, stream):
+        [(_, frame)], shown = video.frames_at(container, stream, [0.0], 1536)
+    assert frame.shape == (864, 1536, 3) and shown == (1920, 1080)
+    assert frame.std() < 80

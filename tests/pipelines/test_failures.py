@@ -177,6 +177,23 @@ def test_cuda_context_errors_are_told_from_recoverable_ones():
     assert not context_lost(ValueError("expected 3 channels"))
 
 
+def test_a_quarantined_unit_carries_no_pixels_to_the_writer():
+    """The writer's per-unit byte bound counts a unit's samples: one that fails after loading (frames, scratch
+    masks) drops them with its outcome, so the later stages and the writer do not hold them."""
+    from datagen.units import Item, Rejected, Unit
+    from pipelines.stages import guarded
+    from tests.shard_factory import make_sample
+
+    def loaded_then_rejected(item):
+        item.samples = [make_sample()]
+        item.scratch["instances"] = [[object()]]
+        raise Rejected("no_match", "none matched")
+
+    item = guarded("match", loaded_then_rejected, Item(Unit("u0", {})))
+    assert (item.outcome.kind, item.outcome.reason) == ("filtered", "no_match")
+    assert item.samples == [] and item.scratch == {}
+
+
 def test_a_model_actor_that_loses_its_cuda_context_is_restarted(ray_local, tmp_path):
     """Today's failure: every later unit sent to the broken actor is quarantined. Here the actor is replaced:
     one restart finds the unit that breaks the context alone, the next quarantines it without running it."""

@@ -4,6 +4,7 @@ shard, retry of failed units, failure isolation in batches, bad configs refused 
 import json
 import os
 import time
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -13,7 +14,8 @@ from datagen.shards.validate import validate
 from pipelines import ledger
 from pipelines.cli import main as cli_main
 from pipelines.config import PipelineConfig, WriterConfig
-from pipelines.runner import run_source
+from pipelines.runner import run_source, writer_batch_units
+from pipelines.sources import SOURCES
 from tests.pipelines.toy_source import ToyConfig, ToySource
 
 UNITS = [f"ok-{i}" for i in range(7)] + ["two-0", "bad-0", "crash-0", "reject-0", "poison-0"]
@@ -149,6 +151,42 @@ def write_cfg(tmp_path, text):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
     return str(path)
+
+
+def test_writer_batches_are_bounded_by_bytes_as_well_as_units(tmp_path):
+    """Issue 12 §4: 256 units of 1080p video frames and masks held ~18 GB in one writer task. A video unit is now
+    bounded by its config (5 frames of at most 1536² pixels, RGB plus 4 subjects' masks), so 2 GB takes 24."""
+    clip, mesh = tmp_path / "a.mp4", tmp_path / "a.glb"
+    clip.touch()
+    mesh.touch()
+    video, objaverse = SOURCES["video"], SOURCES["objaverse"]
+    writer = WriterConfig()
+    unit = video.unit_bytes(video.Config(inputs=[str(clip)]))
+    assert unit == 5 * 1536 * 1536 * (3 + 4)
+    n = writer_batch_units(unit, writer)
+    assert n == 24 and n * unit <= writer.max_batch_bytes < (n + 1) * unit and n < writer.units_per_shard
+    # frames kept at full size are bounded by max_pixels: one unit a batch, never none
+    full = video.unit_bytes(video.Config(inputs=[str(clip)], sampling={"max_side": None}))
+    assert full > writer.max_batch_bytes and writer_batch_units(full, writer) == 1
+    # 7 renders at 512² fit many times over: the unit count still caps the batch
+    assert writer_batch_units(objaverse.unit_bytes(objaverse.Config(files=[str(mesh)])), writer) == 256
+
+
+def test_a_tiny_byte_budget_writes_small_batches_and_every_unit_once(ray_local, tmp_path, capsys):
+    """max_batch_bytes room for one unit: each writer call (one ledger part) takes one unit, though
+    units_per_shard allows 3, and every unit and sample is written exactly once."""
+    units = ["ok-0", "ok-1", "two-0"]
+    out = tmp_path / "ds"
+    cfg = PipelineConfig(out=str(out), writer=WriterConfig(units_per_shard=3,
+                                                           max_batch_bytes=ToySource().unit_bytes(None) + 1))
+    result = run_source(ToySource(), cfg, source_cfg=ToyConfig(units=units, actor=False))
+    assert "writer batches of 1 units" in capsys.readouterr().out
+    assert result.processed == {"kept": 3} and result.samples == 4
+    rows = ledger.Ledger.read(str(out), "toy").rows.to_pylist()
+    assert sorted(r["unit_id"] for r in rows) == sorted(units)
+    assert set(Counter(r["part"] for r in rows).values()) == {1}  # one unit per writer call
+    keys = [r["key"] for r in shards.read_table(str(out), shards.INDEX_FILE).to_pylist()]
+    assert len(keys) == len(set(keys)) == 4 and validate(str(out)).ok
 
 
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, capsys):

@@ -8,6 +8,7 @@ from functools import partial
 
 from datagen.params import Params
 from datagen.units import BadInput, Item, Rejected, Unit
+from pipelines.sources import frame_bytes
 from pipelines.stages import ActorStage, Resources, TaskStage
 from tests.shard_factory import make_sample
 
@@ -73,6 +74,9 @@ class ToySource:
 
     def roles(self, cfg: ToyConfig) -> list[str]:
         return []
+
+    def unit_bytes(self, cfg: ToyConfig) -> int:
+        return 2 * 2 * frame_bytes(64, 64 * 48, 2)  # "two": 2 make_sample()s of 2 frames 64×48, 2 subjects
 
     def stages(self, cfg: ToyConfig, models):
         stages = [TaskStage("load", partial(load, seconds=cfg.seconds_per_unit), Resources(num_cpus=0.5))]

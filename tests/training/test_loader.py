@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datagen import shards
+from datagen import images, shards
 from tests.training.conftest import BACKGROUND, COLOURS, colour_sample, subject_box
 from training import augment, plan, streams
 from training.config import AugmentParams, DataConfig
@@ -181,6 +181,22 @@ def test_sdxl_buckets_and_nearest():
     assert all(abs(h * w / 1024**2 - 1) < 0.07 for h, w in buckets)
     assert plan.nearest_bucket(1080, 1920, buckets) == (768, 1344)
     assert plan.nearest_bucket(500, 500, buckets) == (1024, 1024)
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1080, 1920), (3840, 2160), (4032, 3024), (6000, 4000),
+                                  (2048, 1024), (2340, 1080)])
+def test_frames_at_the_default_max_side_cover_their_bucket_without_upscaling(size):
+    """The data engine's default ``max_side`` (images.MAX_SIDE) is chosen for this trainer: a 16:9 video frame
+    (landscape or portrait), a 4K one, 4:3 and 3:2 photos, 2:1 and a 19.5:9 phone screen, stored with their long
+    side at max_side, still cover their 1024²-area bucket: resize-to-cover never scales them up."""
+    params = AugmentParams()
+    buckets = plan.sdxl_buckets(params.resolution, params.bucket_step, params.max_aspect)
+    scale = images.scale_factor(*size, None, images.MAX_SIDE)
+    w, h = round(size[0] * scale), round(size[1] * scale)
+    assert max(w, h) == images.MAX_SIDE
+    bucket = plan.nearest_bucket(h, w, buckets)
+    x0, y0, x1, y1 = augment.fit_target(h, w, bucket, np.random.default_rng(0), True)[0]
+    assert x1 - x0 >= bucket[1] - 1e-6 and y1 - y0 >= bucket[0] - 1e-6  # the crop spans ≥ bucket pixels
 
 
 def test_bucket_batches_group_by_bucket_and_pool_leftovers():
