@@ -37,7 +37,7 @@ def make_sample(key: str = "s-0", n_frames: int = 2, n_subjects: int = 2, size: 
 
 
 def write_dataset(root: str, samples_per_shard: list[list[shards.Sample]], source: str = "test") -> str:
-    """A valid v1 dataset: the given samples in one shard per inner list, with index, quarantine, manifest."""
+    """A valid dataset of the current format: the given samples in one shard per inner list, with index, quarantine, manifest."""
     numbers = iter(range(10**6))
     index = []
     for group in samples_per_shard:

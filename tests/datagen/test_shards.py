@@ -1,4 +1,4 @@
-"""Shard format v1 (docs/format.md): codec round trip, contract checks, the size-capped atomic writer, readers."""
+"""Shard format v2 (docs/format.md): codec round trip, contract checks, the size-capped atomic writer, readers."""
 
 import json
 import os
