@@ -119,8 +119,10 @@ def grounding_dino():
     )
     with seeded():
         model = GroundingDinoForObjectDetection(config)
+    # Short side 72, not 64: a square image at 64 px shrinks to 1×1 at the extra feature level, where GroupNorm
+    # (one channel per group at this width) has a single value and fails.
     processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}), tokenizer=tok)
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 72, "longest_edge": 96}), tokenizer=tok)
     return model.eval(), processor
 
 

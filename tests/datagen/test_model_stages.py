@@ -93,3 +93,11 @@ def test_embedder_normalised_and_deterministic(images, model_id):
     emb = embedder(crops)
     assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[2] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tiny_detector_takes_a_lone_square_image():
+    """COCO has 640×640 images; alone in a batch the tiny model's smallest feature map must stay above 1×1."""
+    square = np.random.default_rng(0).integers(0, 255, (640, 640, 3), dtype=np.uint8)
+    [found] = Detector(spec("detector", "IDEA-Research/grounding-dino-base"),
+                       DetectionParams(box_threshold=0.0, max_detections=2))([square], [["dog"]])
+    assert len(found) == 2

@@ -183,10 +183,15 @@ def test_end_to_end_tiny_run_on_shards(colour_dataset, tmp_path):
     for m in ("clip_i", "clip_t", "dino", "m_dino"):
         lo, hi = mine[m]["ci"]
         assert lo <= mine[m]["mean"] <= hi
-    assert metrics["metrics"]["base-sdxl"]["m_dino"]["n"] == 0  # no routing maps: not located
+    base = metrics["metrics"]["base-sdxl"]
+    assert base["m_dino"]["n"] == 2  # no routing maps: located by phrase
+    assert base["blending"]["n"] == mine["blending"]["n"]  # (samples with two subjects)
+    assert metrics["locators"] == {"anystory": ["routing"], "base-sdxl": ["grounding"]}
+    assert metrics["difference"]["anystory - base-sdxl"]["m_dino"]["n"] == 2
     assert "anystory - base-sdxl" in metrics["difference"] and list(metrics["per_set"]) == ["ds"]
     rows = pd.read_parquet(out / "samples.parquet")
     assert len(rows) == 4 and set(rows.system) == {"anystory", "base-sdxl"} and rows.synthetic.all()
+    assert rows[rows.system == "base-sdxl"].m_dino.notna().all()
     assert all((out / p).is_file() for p in rows.image)
     page = (out / "report.html").read_text()
     assert page.count("<tr class=sample>") == 2 and "SYNTHETIC" in page

@@ -2,9 +2,10 @@
 
 Generates every sample of the set with AnyStory and the baselines on the same prompt and seed (base SDXL always;
 IP-Adapter Plus SDXL with ``--baseline ip-adapter`` when its weights are here) and writes ``metrics.json``,
-``samples.parquet``, ``report.html`` and ``images/`` to ``--out``. ``--size tiny``: tiny random models, offline
-(smoke runs and tests; every output is marked synthetic). Missing weights, a bad spec or an empty set fail before
-any generation.
+``samples.parquet``, ``report.html`` and ``images/`` to ``--out``. Subjects are located (M-DINO, blending) from
+AnyStory's routing maps and, for the baselines, by phrase with Grounding DINO + SAM (``--locate grounding``: for
+every system). ``--size tiny``: tiny random models, offline (smoke runs and tests; every output is marked
+synthetic). Missing weights, a bad spec or an empty set fail before any generation.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-pretrained", help="AnyStory's CLIP ViT-H/14 image encoder (default: IP-Adapter's)")
     p.add_argument("--clip", help="CLIP ViT-B/32 for CLIP-I/CLIP-T (default openai/clip-vit-base-patch32)")
     p.add_argument("--dino", help="DINO ViT-S/16 for DINO/M-DINO (default facebook/dino-vits16)")
+    p.add_argument("--locate", choices=["routing", "grounding"], default="routing",
+                   help="routing: AnyStory's routing maps, Grounding DINO + SAM for systems without them (default); "
+                        "grounding: Grounding DINO + SAM for every system")
+    p.add_argument("--detector", help="Grounding DINO: hub id in the HF cache or a folder "
+                                      "(default: the data engine's registry, IDEA-Research/grounding-dino-base)")
+    p.add_argument("--segmenter", help="SAM: hub id in the HF cache or a folder (default: facebook/sam-vit-huge)")
     p.add_argument("--steps", type=int, help="denoising steps (default 25; tiny 2)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--resolution", type=int, help="side of spec samples / bucket area of shard samples "
@@ -65,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from anystory import AnyStoryPipeline, builders
     from datagen import shards
-    from training.evaluate import encoders, report, run
+    from training.evaluate import encoders, locate, report, run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") and not tiny else None
     enc = encoders.build_encoders(args.size, args.clip or encoders.CLIP_B32, args.dino or encoders.DINO_S16, device)
+    locator = locate.PhraseLocator.build(locate.resolve(args.size, args.detector, args.segmenter))
     ip_file, skipped = None, {}
     if "ip-adapter" in args.baseline:
         ip_file, why = (None, "IP-Adapter Plus has no tiny variant") if tiny else run.ip_adapter_file(args.ip_adapter)
@@ -83,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = run.Settings(steps=args.steps or (2 if tiny else 25), guidance=args.guidance,
                             size=(resolution, resolution))
-    rows, images = run.run(samples, pipe, enc, settings, ip_file)
+    rows, images = run.run(samples, pipe, enc, settings, ip_file, locator=locator, locate=args.locate)
     data_synthetic = bool(args.shards and shards.read_manifest(args.shards).get("synthetic_models"))
-    info = {"synthetic": tiny or enc.synthetic or data_synthetic, "encoders": enc.names, "adapters": args.adapters,
+    info = {"synthetic": tiny or enc.synthetic or locator.synthetic or data_synthetic, "encoders": enc.names,
+            "locate": args.locate, "locator_models": locator.described, "adapters": args.adapters,
             "set": args.set, "shards": args.shards, "skipped": skipped,
             "settings": {"steps": settings.steps, "guidance": settings.guidance, "resolution": resolution}}
     metrics = report.write(args.out, samples, rows, images, info)

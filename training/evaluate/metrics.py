@@ -3,10 +3,12 @@
 - CLIP-I / DINO: cosine of the generated image's CLIP ViT-B/32 embedding / DINO ViT-S/16 CLS token and each
   subject's segmented reference, averaged over the subject's references and then over subjects.
 - CLIP-T: torchmetrics' CLIPScore, max(100 · cos(image, prompt), 0).
-- M-DINO: each subject's region of the generated image (from the routing maps) segmented and cropped, DINO cosine
-  against its own references (clamped at 0), multiplied over subjects: one neglected subject zeroes it.
+- M-DINO: each subject's region of the generated image (from the routing maps, or Grounding DINO + SAM on its
+  phrase: ``locate``) segmented and cropped, DINO cosine against its own references (clamped at 0), multiplied
+  over subjects: one neglected subject (an empty region) zeroes it.
 - Blending: for two or more subjects, the share of subjects whose region resembles another subject's references
-  more than its own (a confusion rate over the subject × reference DINO matrix).
+  more than its own (a confusion rate over the subject × reference DINO matrix). A subject not found counts as
+  not blended: it is lost, which M-DINO already shows, not mixed into another.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def blending(similarity: np.ndarray) -> float | None:
 
 def region_similarity(enc: Encoders, image: np.ndarray, regions: np.ndarray, refs: list[torch.Tensor]) -> np.ndarray:
     """S[i, j]: DINO cosine of subject i's region (crop of ``regions[i]``) and subject j's references (mean over
-    them). An empty region (a subject the router put nowhere) gives a row of zeros."""
+    them). An empty region (a subject the router put nowhere, or the detector did not find) gives a row of zeros."""
     n = len(refs)
     sim = np.zeros((n, n))
     present = [i for i in range(n) if regions[i].any()]

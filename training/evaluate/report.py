@@ -1,5 +1,6 @@
 """Outputs of an evaluation: ``metrics.json`` (means with bootstrap intervals overall, per set and per subject
-count, and AnyStory minus each baseline on paired samples), ``samples.parquet`` (one row per sample and system)
+count, AnyStory minus each baseline on paired samples, and the locator each system's subjects were found with),
+``samples.parquet`` (one row per sample and system, its ``locator`` among the columns)
 and ``report.html`` (self-contained: images inline, a table sortable by any score, every text escaped)."""
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def summary(rows: list[dict], info: dict) -> dict:
     df = pd.DataFrame(rows)
     out = {**info, "n_samples": int(df["sample"].nunique()), "metrics": _by_system(df),
            "per_set": {s: _by_system(g) for s, g in df.groupby("set")},
-           "per_subject_count": {str(n): _by_system(g) for n, g in df.groupby("subjects")}, "difference": {}}
+           "per_subject_count": {str(n): _by_system(g) for n, g in df.groupby("subjects")}, "difference": {},
+           "locators": {s: sorted(set(g["locator"].dropna())) for s, g in df.groupby("system", sort=False)}
+           if "locator" in df else {}}
     mine = df[df.system == ANYSTORY].set_index("sample")
     for baseline in (s for s in df.system.unique() if s != ANYSTORY):
         other = df[df.system == baseline].set_index("sample").reindex(mine.index)
@@ -89,18 +92,22 @@ def html_report(samples: list[EvalSample], rows: list[dict], images: dict[tuple[
                 continue
             pics.append(_img(gen.image, system))
             if gen.overlay is not None:
-                pics += [_img(gen.overlay, f"{system} routing overlay"),
-                         _img(masks_image(gen.regions, gen.image.shape[:2]), f"{system} segmentation")]
+                pics.append(_img(gen.overlay, f"{system} routing overlay"))
+            if gen.regions is not None:
+                by_what = f" ({gen.locator})" if gen.locator else ""
+                pics.append(_img(masks_image(gen.regions, gen.image.shape[:2]), f"{system} segmentation{by_what}"))
         cells = "".join(f'<td class="n">{_num(by.get((sample.id, s), {}).get(m))}</td>' for s in systems
                         for m in METRICS)
         body.append(f"<tr class=sample><td>{html.escape(sample.id)}<br><i>{html.escape(sample.set)}</i></td>"
                     f"<td>{html.escape(sample.prompt)}</td><td><div class=imgs>{''.join(pics)}</div></td>{cells}</tr>")
-    means = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(
+    locators = metrics.get("locators", {})
+    means = "".join(f"<tr><td>{html.escape(s)}</td><td>{html.escape(', '.join(locators.get(s, [])))}</td>" + "".join(
         f'<td class="n">{_num(metrics["metrics"][s][m]["mean"])}</td>' for m in METRICS) + "</tr>" for s in systems)
     note = " — SYNTHETIC: tiny random models, numbers mean nothing" if metrics.get("synthetic") else ""
     return (f"<!doctype html><html><head><meta charset=utf-8><title>AnyStory evaluation</title><style>{CSS}</style>"
             f"</head><body><h1>AnyStory evaluation{html.escape(note)}</h1>"
-            f"<table><tr><th>system</th>{''.join(f'<th>{m}</th>' for m in METRICS)}</tr>{means}</table>"
+            f"<table><tr><th>system</th><th>located by</th>{''.join(f'<th>{m}</th>' for m in METRICS)}</tr>"
+            f"{means}</table>"
             f"<p>{metrics['n_samples']} samples; click a score header to sort.</p>"
             f"<table id=samples><thead><tr><th>sample</th><th>prompt</th><th>images</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table><script>{JS}</script></body></html>")

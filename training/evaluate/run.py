@@ -3,6 +3,10 @@
 Systems: ``anystory`` (the trained adapters), ``base-sdxl`` (the same pipeline with ``subjects=None``: the
 adapters bypassed) and ``ip-adapter`` (IP-Adapter Plus SDXL loaded by diffusers' ``load_ip_adapter`` into the
 same base; run last because it replaces the UNet's attention processors).
+
+Each subject is located in the image (for M-DINO and blending) from AnyStory's routing maps, or by its phrase with
+Grounding DINO + SAM (``locate.PhraseLocator``) for a system without them; ``locate="grounding"`` uses the phrase
+locator for every system, so all are compared with the same one. Each row records its ``locator``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 
 from anystory import AnyStoryPipeline, routing_overlay, segment_from_routing_maps
 from training.evaluate.encoders import Encoders
+from training.evaluate.locate import GROUNDING, ROUTING, PhraseLocator
 from training.evaluate.metrics import crop, score
 from training.evaluate.sets import EvalSample
 
@@ -40,8 +45,9 @@ class Settings:
 @dataclass
 class Generated:
     image: np.ndarray
-    regions: np.ndarray | None = None  # (N, H, W) bool, from the routing maps
+    regions: np.ndarray | None = None  # (N, H, W) bool subject regions
     overlay: np.ndarray | None = None  # the routing-map segmentation over the image
+    locator: str | None = None  # where ``regions`` come from: ROUTING, GROUNDING, or None (not located)
 
 
 def ip_adapter_file(where: str | None) -> tuple[str | None, str]:
@@ -74,13 +80,16 @@ def generate(pipe, system: str, sample: EvalSample, settings: Settings) -> Gener
     if not out.routing_maps:
         return Generated(image)
     regions = segment_from_routing_maps(out.routing_maps, image.shape[:2])[0]
-    return Generated(image, regions, routing_overlay(image, out.routing_maps))
+    return Generated(image, regions, routing_overlay(image, out.routing_maps), ROUTING)
 
 
 def run(samples: list[EvalSample], pipe: AnyStoryPipeline, encoders: Encoders, settings: Settings,
-        ip_adapter: str | None = None, progress: bool = True) -> tuple[list[dict], dict[tuple[str, str], Generated]]:
+        ip_adapter: str | None = None, progress: bool = True, locator: PhraseLocator | None = None,
+        locate: str = ROUTING) -> tuple[list[dict], dict[tuple[str, str], Generated]]:
     """One row per (sample, system) with its scores, and the generated images by (sample id, system).
-    ``ip_adapter``: a weight file from ``ip_adapter_file`` (None: not run)."""
+    ``ip_adapter``: a weight file from ``ip_adapter_file`` (None: not run). ``locator`` finds the subjects of
+    images without routing maps (None: M-DINO and blending not measured there), and of every image when
+    ``locate`` is GROUNDING."""
     systems = [ANYSTORY, BASE]
     passes = [(systems, pipe)]
     if ip_adapter is not None:
@@ -97,8 +106,10 @@ def run(samples: list[EvalSample], pipe: AnyStoryPipeline, encoders: Encoders, s
             refs = [[crop(img, m) for img, m in s.scoring] for s in sample.subjects]
             for system in names:
                 gen = generate(p, system, sample, settings)
+                if locator is not None and (gen.regions is None or locate == GROUNDING):
+                    gen.regions, gen.locator = locator(gen.image, [s.phrase for s in sample.subjects]), GROUNDING
                 images[sample.id, system] = gen
-                rows.append({"sample": sample.id, "set": sample.set, "system": system,
+                rows.append({"sample": sample.id, "set": sample.set, "system": system, "locator": gen.locator,
                              "subjects": len(sample.subjects), "phrases": [s.phrase for s in sample.subjects],
                              "prompt": sample.prompt, "seed": sample.seed,
                              **score(encoders, gen.image, sample.prompt, refs, gen.regions)})

@@ -1,0 +1,112 @@
+"""Locating subjects by phrase (Grounding DINO + SAM) for M-DINO and blending on systems without routing maps:
+tiny models run end to end; with the detector and segmenter stubbed, same-phrase subjects take distinct boxes
+(best first) and a subject not found scores 0; a missing weight fails before any generation."""
+
+import numpy as np
+import pytest
+
+from datagen.labeling.filters import Instance
+from datagen.models import MissingModelError
+from training.evaluate import encoders, run
+from training.evaluate.__main__ import main
+from training.evaluate.encoders import build_encoders
+from training.evaluate.locate import PhraseLocator, assign, resolve
+from training.evaluate.metrics import crop, score
+from training.evaluate.sets import EvalSample, EvalSubject
+
+
+def test_tiny_locator_gives_a_region_of_the_image_shape_per_subject():
+    locator = PhraseLocator.build(resolve("tiny"))
+    assert locator.synthetic
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)  # landscape, not square
+    regions = locator(image, ["a dog", "a dog", "a red cat"])
+    assert regions.shape == (3, 48, 64) and regions.dtype == bool
+
+
+class FakeDetector:
+    """Three "a person" boxes (left best, then right, then middle) and none for "a dog"."""
+
+    boxes = {"left": [0, 0, 20, 48], "middle": [22, 0, 42, 48], "right": [44, 0, 64, 48]}
+
+    def __init__(self):
+        self.prompts = []
+
+    def __call__(self, images, phrases):
+        self.prompts.append(phrases[0])
+        found = [Instance("A person", self.boxes["middle"], 0.3), Instance("a person", self.boxes["left"], 0.9),
+                 Instance("a person", self.boxes["right"], 0.5)]
+        return [found]
+
+
+def fake_segmenter(images, boxes):
+    """SAM stand-in: the whole box."""
+    out = []
+    for image, bx in zip(images, boxes):
+        masks = []
+        for x0, y0, x1, y1 in bx:
+            m = np.zeros(image.shape[:2], bool)
+            m[int(y0):int(y1), int(x0):int(x1)] = True
+            masks.append(m)
+        out.append(masks)
+    return out
+
+
+def test_same_phrase_subjects_take_distinct_boxes_best_first_and_a_lost_subject_scores_zero():
+    detector = FakeDetector()
+    locator = PhraseLocator(detector, fake_segmenter)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    regions = locator(image, ["a person", "a dog", "a Person"])
+    assert detector.prompts == [["a person", "a dog"]]  # one prompt segment per phrase
+    assert regions[0, :, :20].all() and regions[0].sum() == 20 * 48  # the best box
+    assert regions[2, :, 44:].all() and regions[2].sum() == 20 * 48  # the next one, not the same
+    assert not regions[1].any()  # no box for "a dog": empty region
+    enc = build_encoders("tiny")
+    middle = fake_segmenter([image], [[FakeDetector.boxes["middle"]]])[0][0]
+    refs = [[crop(image, r)] for r in (regions[0], middle, regions[2])]  # a person's reference: its own region
+    lost = score(enc, image, "a person, a dog and a person", refs, regions)
+    assert lost["subject_dino"][1] == 0 and lost["m_dino"] == 0
+    assert lost["subject_dino"][0] == pytest.approx(1.0, abs=1e-4)
+    assert lost["blending"] == 0  # the lost subject counts as not blended
+
+
+def test_assign_gives_none_past_the_boxes_of_a_phrase():
+    one = [Instance("a cat", [0, 0, 5, 5], 0.4)]
+    assert assign(["a cat", "a cat"], one) == [one[0], None]
+    assert assign(["a dog"], []) == [None]
+
+
+def test_missing_detector_weights_fail_before_generation(tmp_path, monkeypatch):
+    monkeypatch.setattr(encoders, "build_encoders", lambda *a, **k: build_encoders("tiny"))
+    with pytest.raises(MissingModelError, match="detector"):
+        main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
+              "--detector", str(tmp_path / "no-grounding-dino"), "--segmenter", str(tmp_path / "no-sam")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("locate, located", [("routing", {"base-sdxl"}), ("grounding", {"anystory", "base-sdxl"})])
+def test_each_system_is_located_by_its_locator_and_the_row_says_which(monkeypatch, locate, located):
+    """Routing maps where a system has them, the phrase locator otherwise; ``grounding`` for every system."""
+    image = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    routed = np.zeros((2, 48, 64), bool)
+    routed[0, :, :32], routed[1, :, 32:] = True, True
+
+    def generate(pipe, system, sample, settings):
+        return run.Generated(image, routed, image, "routing") if system == run.ANYSTORY else run.Generated(image)
+
+    calls = []
+
+    def locator(img, phrases):
+        calls.append(phrases)
+        return np.ones((len(phrases), *img.shape[:2]), bool)
+
+    monkeypatch.setattr(run, "generate", generate)
+    subjects = [EvalSubject(ph, image, None, [(image, None)]) for ph in ("a cat", "a hat")]
+    sample = EvalSample("s0", "set", "a cat in a hat", 0, subjects)
+    rows, images = run.run([sample], None, build_encoders("tiny"), run.Settings(), progress=False, locator=locator,
+                           locate=locate)
+    by = {r["system"]: r for r in rows}
+    assert {s for s, r in by.items() if r["locator"] == "grounding"} == located and len(calls) == len(located)
+    assert calls[0] == ["a cat", "a hat"]
+    assert all(r["m_dino"] is not None and r["blending"] is not None for r in rows)
+    assert (images["s0", "anystory"].regions == routed).all() == (locate == "routing")
