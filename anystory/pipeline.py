@@ -88,6 +88,15 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.model = AnyStoryModel(unet, image_encoder, subject_qformer, reference_net, router)
 
     @classmethod
+    def from_model(cls, model: AnyStoryModel, vae, scheduler, text_encoders=(None, None),
+                   tokenizers=(None, None)) -> AnyStoryPipeline:
+        """A pipeline over ``model``'s parts (shared, not copied) and the SDXL parts outside it; text encoders may be
+        left out when the caller passes prompt embeddings."""
+        return cls(vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1], tokenizer=tokenizers[0],
+                   tokenizer_2=tokenizers[1], unet=model.unet, scheduler=scheduler, image_encoder=model.clip,
+                   subject_qformer=model.subject_qformer, reference_net=model.reference_net, router=model.router)
+
+    @classmethod
     def build(cls, size: str = "sdxl", pretrained: str | None = None, clip_pretrained: str | None = None,
               adapters: str | None = None, ip_adapter: str | None = None, device=None, dtype=None,
               sampler: str = "edm") -> AnyStoryPipeline:
@@ -99,10 +108,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         if adapters is not None:
             model.load_adapters(adapters)
         te, te2, tok, tok2 = builders.build_text_encoders_and_tokenizers(size, pretrained, device=device, dtype=dtype)
-        pipe = cls(vae=builders.build_vae(size, pretrained, device=device, dtype=dtype), text_encoder=te,
-                   text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2, unet=model.unet,
-                   scheduler=builders.build_scheduler(pretrained, sampler), image_encoder=model.clip,
-                   subject_qformer=model.subject_qformer, reference_net=model.reference_net, router=model.router)
+        pipe = cls.from_model(model, builders.build_vae(size, pretrained, device=device, dtype=dtype),
+                              builders.build_scheduler(pretrained, sampler), (te, te2), (tok, tok2))
         pipe.base = {"size": size, "pretrained": _absolute(pretrained), "clip_pretrained": _absolute(clip_pretrained)}
         return pipe
 

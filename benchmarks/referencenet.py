@@ -66,10 +66,7 @@ def peak_memory(model: AnyStoryModel, subjects: int, steps: int, resolution: int
     device, dtype = model.unet.device, model.unet.dtype
     with torch.device(device):
         vae = builders.build_vae("sdxl", dtype=dtype)
-    pipe = AnyStoryPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
-                            unet=model.unet, scheduler=builders.build_scheduler(), image_encoder=model.clip,
-                            subject_qformer=model.subject_qformer, reference_net=model.reference_net,
-                            router=model.router)
+    pipe = AnyStoryPipeline.from_model(model, vae, builders.build_scheduler())  # prompt embeddings given below
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(subjects)]

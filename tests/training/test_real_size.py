@@ -75,10 +75,7 @@ def test_stage2_step_and_two_subject_generation_at_sdxl_size():
 
     # -- inference: two subjects, CFG, two EDM/Euler steps, routing maps returned
     model.requires_grad_(False).to(BF16).eval()
-    pipe = AnyStoryPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
-                            unet=model.unet, scheduler=builders.build_scheduler(), image_encoder=model.clip,
-                            subject_qformer=model.subject_qformer, reference_net=model.reference_net,
-                            router=model.router)
+    pipe = AnyStoryPipeline.from_model(model, vae, builders.build_scheduler(), (te, te2), (tok, tok2))
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     subjects = [rng.integers(0, 256, (300, 200, 3), dtype=np.uint8) for _ in range(2)]

@@ -33,8 +33,7 @@ class TrainingEvaluation:
         see the evaluation."""
         flags = [(p, p.requires_grad) for p in model.parameters()]
         # The pipeline wraps the parts in a new AnyStoryModel, which freezes the UNet and the subject k/v inside it.
-        pipe = AnyStoryPipeline(frozen.vae, *frozen.text_encoders, *frozen.tokenizers, model.unet, self.scheduler,
-                                model.clip, model.subject_qformer, model.reference_net, model.router)
+        pipe = AnyStoryPipeline.from_model(model, frozen.vae, self.scheduler, frozen.text_encoders, frozen.tokenizers)
         for p, flag in flags:
             p.requires_grad_(flag)
         pipe.set_progress_bar_config(disable=True)
