@@ -21,6 +21,11 @@ class FileCache:
     def __init__(self, path: str = DEFAULT_PATH):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.db = sqlite3.connect(path, timeout=60)
+        # One commit per newly read file: in WAL mode with synchronous=NORMAL a commit does not fsync (a first
+        # listing of 3,000 files: 0.15 s against 2.0 s), and the file cannot be corrupted by a crash — at worst the
+        # last entries are lost and read again, which is all a cache may lose.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS files (kind TEXT, path TEXT, size INTEGER, mtime_ns INTEGER, "
                         "value TEXT, PRIMARY KEY (kind, path))")
 
