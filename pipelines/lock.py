@@ -38,15 +38,18 @@ class OutputLocked(OutputError):
     """Another live run writes into the same output."""
 
 
-def _lock_dir(out: str) -> str:
-    """The local directory holding the lock files of ``out`` (made, so that an unusable output fails here)."""
+def _lock_dir(out: str) -> tuple[str, bool]:
+    """The local directory holding the lock files of ``out`` (made, so that an unusable output fails here), and
+    whether this call made ``out`` itself."""
     fs, path = fsspec.core.url_to_fs(out)
     try:
         if fs.isfile(path):
             raise OutputError(f"output {out} is a file, not a directory")
+        local_out = shards._is_local(fs)
+        made = local_out and not fs.exists(path)
         fs.makedirs(path, exist_ok=True)
-        if shards._is_local(fs):
-            return path
+        if local_out:
+            return path, made
         probe = shards.join(path, f".probe-{os.getpid()}")  # an object store tells no permissions: try a write
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
@@ -54,7 +57,7 @@ def _lock_dir(out: str) -> str:
         raise OutputError(f"output {out} is not a writable directory: {type(e).__name__}: {e}") from e
     local = os.path.join(os.path.expanduser("~/.cache/anystory-data/locks"), hashlib.sha1(out.encode()).hexdigest())
     os.makedirs(local, exist_ok=True)
-    return local
+    return local, False
 
 
 def _owner(directory: str) -> str:
@@ -71,8 +74,7 @@ def output_lock(out: str, source: str) -> Iterator[None]:
     """Hold the lock of ``out`` for the body; raise OutputLocked naming the holder, OutputError if unusable.
     An output directory this call made and the body left with nothing but the lock (a run that stopped before
     any work: inputs that cannot be listed) is removed again."""
-    new = not os.path.exists(out) if "://" not in out else False
-    directory = _lock_dir(out)
+    directory, new = _lock_dir(out)
     # No soft-lock fallback: a soft lock outlives a killed run, which is what flock exists to avoid.
     lock = filelock.FileLock(os.path.join(directory, LOCK_FILE), timeout=0, fallback_to_soft=False)
     try:
