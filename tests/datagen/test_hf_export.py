@@ -208,3 +208,44 @@ def test_expected_failures_exit_2_with_one_line(tmp_path, capsys):
     assert "video-000000.tar" in last and "FormatError" in last
     fs = fsspec.filesystem("file")
     assert not fs.exists(str(tmp_path / "out" / "README.md"))
+
+
+@pytest.mark.slow
+def test_export_killed_with_sigkill_continues_on_rerun(tmp_path):
+    """The CLI in a child process, killed -9 once its first file is finished; the rerun keeps that file and ends
+    with the files of an export that was never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(1)
+    groups = []
+    for k in range(6):  # noise frames: ~10 MB shards, about a second each to export
+        samples = coco_like_samples(f"k{k}", 8, 100 * k)
+        for s in samples:
+            for fr in s.frames:
+                fr.image = rng.integers(0, 255, fr.image.shape, dtype=np.uint8)
+        groups.append(samples)
+    root = write_sources(str(tmp_path / "ds"), {"coco": groups})
+    whole = tmp_path / "whole"
+    assert cli(["export-hf", root, str(whole)]) == 0
+
+    out = tmp_path / "export"
+    cmd = [sys.executable, "-m", "datagen.shards", "export-hf", root, str(out), "--row-group-bytes", "1000000"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "data" / "coco-000000.parquet").exists():
+        assert child.poll() is None and time.time() < deadline, "the export ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    first = file_state(out)
+    assert 1 <= len(first) < 6, first  # killed midway
+
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    again = file_state(out)
+    assert all(again[n] == first[n] for n in first)  # finished before the kill: kept as they were
+    assert sorted(os.listdir(out / "data")) == sorted(os.listdir(whole / "data"))  # no temporary left
+    for name in again:
+        assert pq.read_table(out / "data" / name).equals(pq.read_table(whole / "data" / name))
