@@ -63,9 +63,8 @@ def export_name(shard: str) -> str:
     return shard.removesuffix(".tar") + ".parquet"
 
 
-def export_row(raw: dict[str, Any], index_row: dict[str, Any]) -> dict[str, Any]:
-    """One raw WebDataset sample (bytes values) + its index row → one row of ``FEATURES``."""
-    meta = json.loads(raw["meta.json"])
+def export_row(raw: dict[str, Any], meta: dict[str, Any], index_row: dict[str, Any]) -> dict[str, Any]:
+    """One raw WebDataset sample (bytes values), its parsed ``meta.json`` and its index row → a row of ``FEATURES``."""
     frames = [{"bytes": raw[f"frame.{j}.jpg"], "path": None} for j in range(len(meta["frames"]))]
     masks = [{"frame": j, "subject": s["id"], "mask": {"bytes": raw[name], "path": None}}
              for j in range(len(frames)) for s in meta["subjects"]
@@ -110,12 +109,14 @@ def export_shard(dataset: str, shard: str, index: pa.Table, out_url: str, shard_
             row = rows_by_key.pop(raw["__key__"], None)
             if row is None:
                 raise shards.FormatError(f"{shard}: sample {raw['__key__']} is not in the index (run validate)")
-            if group and group_bytes + sample_bytes(raw) > row_group_bytes:
+            size = sample_bytes(raw)
+            if group and group_bytes + size > row_group_bytes:
                 writer.write_table(pa.Table.from_pylist(group, schema=schema))
                 n, group, group_bytes = n + len(group), [], 0
-            group.append(export_row(raw, row))
-            group_bytes += sample_bytes(raw)
-            licenses[sample_license(json.loads(raw["meta.json"]))] += 1
+            meta = json.loads(raw["meta.json"])
+            group.append(export_row(raw, meta, row))
+            group_bytes += size
+            licenses[sample_license(meta)] += 1
         if group:
             writer.write_table(pa.Table.from_pylist(group, schema=schema))
             n += len(group)
