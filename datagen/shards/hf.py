@@ -64,7 +64,7 @@ def export_name(shard: str) -> str:
 
 
 def export_row(raw: dict[str, Any], meta: dict[str, Any], index_row: dict[str, Any]) -> dict[str, Any]:
-    """One raw WebDataset sample (bytes values), its parsed ``meta.json`` and its index row → a row of ``FEATURES``."""
+    """A raw WebDataset sample (bytes values), its parsed ``meta.json`` and its index row → a row of ``FEATURES``."""
     frames = [{"bytes": raw[f"frame.{j}.jpg"], "path": None} for j in range(len(meta["frames"]))]
     masks = [{"frame": j, "subject": s["id"], "mask": {"bytes": raw[name], "path": None}}
              for j in range(len(frames)) for s in meta["subjects"]
