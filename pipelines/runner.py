@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from datagen import models as registry
 from datagen import shards
+from datagen.shards import card
 from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, WriterConfig, config_hash
@@ -316,6 +317,7 @@ def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, re
         sources=per_source,
     )
     shards.write_manifest(out, manifest)
+    card.write_card(out, card.dataset_card(out, manifest))  # the Hub's README.md, from the manifest just written
 
 
 def _merge_counts(counts: list[dict[str, Any]]) -> dict[str, Any]:

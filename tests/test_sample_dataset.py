@@ -52,3 +52,27 @@ def test_evaluate_on_the_sample_dataset(tmp_path):
     assert all((out / p).is_file() for p in rows.image)
     page = (out / "report.html").read_text()
     assert page.count("<tr class=sample>") == 3
+
+
+def test_the_sample_dataset_has_a_card_and_exports_for_the_datasets_library(tmp_path):
+    import datasets
+
+    from datagen.shards import card
+
+    manifest = shards.read_manifest(DATASET)
+    meta = card.read_card(DATASET).data.to_dict()  # written by the pipelines' last run
+    assert "other" in meta["license"] and "synthetic-labels" in meta["tags"]  # DeepFashion2's terms; tiny models
+    cache = str(tmp_path / "cache")
+    index = datasets.load_dataset(DATASET, split="train", cache_dir=cache)  # the card's default config: the index
+    assert index.num_rows == manifest["counts"]["samples"]
+
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, "-m", "datagen.shards", "export-hf", DATASET, str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in SOURCES:
+        ds = datasets.load_dataset(str(out), name, split="train", cache_dir=cache)
+        assert ds.num_rows == manifest["sources"][name]["counts"]["samples"]
+        row = ds[0]
+        assert len(row["frames"]) == row["n_frames"] and row["frames"][0].size == (row["width"], row["height"])
+        assert all(m["mask"].size == row["frames"][m["frame"]].size for m in row["masks"])

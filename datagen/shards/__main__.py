@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=100, help="at most this many samples")
     g.add_argument("--source", help="only samples of this kind (video|objaverse|image|router)")
+    h = sub.add_parser("export-hf", help="parquet files + dataset card for the Hugging Face datasets library")
+    h.add_argument("dataset")
+    h.add_argument("out")
+    h.add_argument("--row-group-bytes", type=int, default=None, help="bytes of samples per parquet row group, "
+                   "what the export holds at once (default: the datasets library's 100 MB)")
     args = p.parse_args(argv)
     if args.command == "validate":
         from datagen.shards.validate import validate
@@ -28,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from datagen.shards.stats import main as stats_main
 
         return stats_main(args.dataset, args.json)
+    if args.command == "export-hf":
+        from datagen.shards import hf
+
+        return hf.main(args.dataset, args.out, args.row_group_bytes or hf.ROW_GROUP_BYTES)
     from datagen.shards.gallery import main as view_main
 
     return view_main(args.dataset, args.out, args.limit, args.source)

@@ -238,3 +238,17 @@ def test_actor_pools_that_cannot_fit_are_refused_before_the_run():
     with pytest.raises(ResourceError, match="need 1 GPUs, the cluster has 0"):
         check_resources([model(1, 0.1, 1.0)], 1.0, {"CPU": 8.0}, local=True)
     check_resources([model(1, 0.1, 1.0)], 1.0, {"CPU": 8.0}, local=False)  # a cluster may autoscale: warn only
+
+
+def test_each_run_ends_by_writing_the_dataset_card_from_its_manifest(ray_local, tmp_path):
+    from datagen.shards import card
+
+    out = tmp_path / "ds"
+    run(out, units=["ok-0", "two-0"])
+    first = card.read_card(str(out)).data.to_dict()
+    assert first["dataset_info"]["splits"][0]["num_examples"] == 3 and first["size_categories"] == ["n<1K"]
+    run(out, units=["ok-0", "two-0", "ok-1", "bad-0"])  # the rerun's card is the updated dataset's
+    again = card.read_card(str(out))
+    assert again.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == 4
+    assert "| toy | image | 4 | 3 | 0 | 1 | unknown |" in again.text
+    assert validate(str(out)).ok  # README.md at the root is part of the contract (an optional file)
