@@ -81,7 +81,7 @@ class MissingModelError(RuntimeError):
 def fetch_hint(cfg: ModelConfig) -> str:
     if cfg.backend == "official" or cfg.path:
         return f"put the checkpoint at {cfg.path!r} (or fix `path` in the config)"
-    return f"huggingface-cli download {cfg.id} --revision {cfg.revision}  (or set `path:` to a local copy)"
+    return f"hf download {cfg.id} --revision {cfg.revision}  (or set `path:` to a local copy)"
 
 
 def locate(cfg: ModelConfig) -> str | None:

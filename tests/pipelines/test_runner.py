@@ -219,7 +219,7 @@ def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, capsys):
 def test_missing_weights_fail_at_start_up_with_fetch_hint(monkeypatch):
     from datagen import models
 
-    with pytest.raises(models.MissingModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct"):
+    with pytest.raises(models.MissingModelError, match="hf download Qwen/Qwen2-VL-2B-Instruct"):
         models.resolve(["captioner", "detector"], models.RegistryConfig(), "real")
     tiny = models.resolve(["captioner"], models.RegistryConfig(), "auto")
     assert tiny["captioner"].mode == "tiny" and models.synthetic(tiny)
