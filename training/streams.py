@@ -154,7 +154,7 @@ def read_shard(src: SourceShards, k: int, start: int = 0) -> Iterator[dict[str, 
                 return
         raise shards.FormatError(f"index lists {size} samples, tar holds {n}")
     except SHARD_ERRORS as e:
-        src.shard_broke(k, n, f"{type(e).__name__}: {e}")
+        src.shard_broke(k, n, f"{type(e).__name__}: {e.args[0] if e.args else e}")  # tarfile adds file reprs
 
 
 def source_samples(src: SourceShards, schedule: Iterator[int], start: int) -> Iterator[dict[str, Any]]:

@@ -16,6 +16,7 @@ import logging
 import sys
 
 import yaml
+from tqdm import tqdm
 
 from training.config import load_config
 from training.errors import EXPECTED, one_line
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg, resume=args.resume)
     except EXPECTED as e:
+        for bar in list(tqdm._instances):  # the step bar the stop left open: end its line before the message
+            bar.close()
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
