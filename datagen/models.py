@@ -134,6 +134,10 @@ def synthetic(specs: dict[str, ModelSpec]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m datagen.models", description="every model of the default registry: "
+                            "where it was found, or the command that fetches it").parse_args(argv)
     registry = RegistryConfig()
     for role in ROLES:
         cfg = getattr(registry, role)
