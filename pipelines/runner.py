@@ -207,7 +207,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     out = cfg.out
     scfg = source_cfg if source_cfg is not None else getattr(cfg.sources, source.name)
     start = time.time()
-    specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models)  # fails here, before any work
+    # fails here, before any work; the tiny-fallback banner waits until the run has work to do
+    specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models, announce=False)
     try:
         units = source.units(scfg)
     except (OSError, ValueError, KeyError) as e:  # nothing has started: say which input, not a traceback
@@ -231,6 +232,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     processed: Counter = Counter()
     samples = 0
     if todo:
+        if cfg.models == "auto":
+            registry.announce_missing(list(specs), cfg.registry)
         init_ray(cfg)
         numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(state.shard_numbers())
         claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(state.kept_keys())

@@ -17,7 +17,9 @@ import sys
 
 import yaml
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from datagen.quiet import quiet
 from training.config import load_config
 from training.errors import EXPECTED, one_line
 
@@ -37,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.config}: {one_line(e)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet()
     from training.trainer import train  # heavy imports after the config is known to be valid
 
     try:
-        train(cfg, resume=args.resume)
+        with logging_redirect_tqdm():  # log lines above the step bar, not through it
+            train(cfg, resume=args.resume)
     except EXPECTED as e:
         for bar in list(tqdm._instances):  # the step bar the stop left open: end its line before the message
             bar.close()

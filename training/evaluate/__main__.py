@@ -60,7 +60,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from datagen.quiet import quiet
     from training.errors import EXPECTED, one_line
+
+    quiet()
 
     try:
         return evaluate(args)
