@@ -12,11 +12,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stats", help="counts per source, subjects per sample, kept/filtered by reason")
     s.add_argument("dataset")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--source", help="only this pipeline source (video|objaverse|deepfashion2|coco|urls) or kind "
+                                    "(video|objaverse|image|router)")
     g = sub.add_parser("view", help="write a self-contained HTML gallery")
     g.add_argument("dataset")
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=100, help="at most this many samples")
-    g.add_argument("--source", help="only samples of this kind (video|objaverse|image|router)")
+    g.add_argument("--source", help="only samples of this pipeline source (video|objaverse|deepfashion2|coco|urls) "
+                                    "or kind (video|objaverse|image|router)")
     args = p.parse_args(argv)
     if args.command == "validate":
         from datagen.shards.validate import validate
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stats":
         from datagen.shards.stats import main as stats_main
 
-        return stats_main(args.dataset, args.json)
+        return stats_main(args.dataset, args.json, args.source)
     from datagen.shards.gallery import main as view_main
 
     return view_main(args.dataset, args.out, args.limit, args.source)
