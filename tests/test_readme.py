@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+# runpy warns when it re-runs a module the package already imported (datagen.models): the CLI's own code runs
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 EXTERNAL = ("chromium", "huggingface-cli", "hf", "accelerate", "ray", "apt-get", "pip")
