@@ -31,12 +31,29 @@ _MESSAGES = {
     "ray.data._internal.progress": r"^Progress bars (for operators )?disabled\. To enable",
     # accelerate's line before its per-file lines (below); training.checkpoints logs the checkpoint in one line.
     "accelerate.accelerator": r"Saving current state to",
+    # Ray Data's INFO line at the end of each dataset: the runner's report follows with the same time.
+    "ray.data._internal.execution.streaming_executor": r"Dataset .* execution finished in",
 }
 _FILTERS = {name: _DropMessage(pattern) for name, pattern in _MESSAGES.items()}
 # Loggers whose INFO lines are bookkeeping a user does not act on (warnings and errors still show).
 _INFO_ONLY = (
     "accelerate.checkpointing",  # six "saved ... to <file>" lines per checkpoint; ours prints one line naming it
 )
+
+
+# The same for Ray's worker processes, which do not run ``quiet()``: PYTHONWARNINGS entries (action:message:
+# category:module, the module matched exactly). Ray's own runtime_context calls its deprecated ``actor_id`` in every
+# actor; transformers' image processors: as above.
+WORKER_WARNINGS = ("ignore::DeprecationWarning:ray.runtime_context",
+                   "ignore:The given NumPy array is not writable:UserWarning:transformers.image_processing_backends")
+
+
+def worker_env(runtime_env: dict | None) -> dict:
+    """``runtime_env`` with ``WORKER_WARNINGS`` added to its ``env_vars`` (a PYTHONWARNINGS given there kept)."""
+    env = dict(runtime_env or {})
+    env_vars = dict(env.get("env_vars") or {})
+    env_vars["PYTHONWARNINGS"] = ",".join(filter(None, [env_vars.get("PYTHONWARNINGS"), *WORKER_WARNINGS]))
+    return {**env, "env_vars": env_vars}
 
 
 def quiet() -> None:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from datagen import models as registry
 from datagen import shards
+from datagen.quiet import worker_env
 from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, WriterConfig, config_hash
@@ -179,7 +180,7 @@ def init_ray(cfg: PipelineConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # "local" starts a private instance even when `ray start` left a cluster running on this machine.
     kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
-    ray.init(address=address or "local", runtime_env=cfg.ray.runtime_env, log_to_driver=True,
+    ray.init(address=address or "local", runtime_env=worker_env(cfg.ray.runtime_env), log_to_driver=True,
              logging_level=logging.WARNING, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars

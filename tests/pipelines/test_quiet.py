@@ -76,3 +76,24 @@ def test_weights_missing_banner_once_and_not_on_runs_without_work(tmp_path, capl
         models.announce_missing(["captioner", "detector"], registry)
         models.announce_missing(["detector", "captioner"], registry)  # the next source of `all`
     assert caplog.text.count("WEIGHTS MISSING") == 1 and "Qwen/Qwen2-VL-2B-Instruct" in caplog.text
+
+
+def test_worker_warning_filters_are_valid_pythonwarnings_and_scoped(tmp_path):
+    import subprocess
+    import sys
+
+    from datagen.quiet import worker_env
+
+    env = worker_env({"working_dir": ".", "env_vars": {"PYTHONWARNINGS": "error::ResourceWarning", "X": "1"}})
+    assert env["working_dir"] == "." and env["env_vars"]["X"] == "1"
+    value = env["env_vars"]["PYTHONWARNINGS"]
+    assert value.startswith("error::ResourceWarning,")  # the user's own entries kept, first
+    # what a Ray worker started with that environment does with Ray's own deprecation warning, and with another
+    code = ("import warnings\n"
+            "warnings.warn_explicit('This API is deprecated', DeprecationWarning, 'rc.py', 468, "
+            "module='ray.runtime_context')\n"
+            "warnings.warn_explicit('This API is deprecated', DeprecationWarning, 'x.py', 1, module='ours')\n")
+    # "default" first shows every warning once (as Ray's workers do with RayDeprecationWarning); ours come after
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONWARNINGS": f"default,{value}", "PATH": ""})
+    assert done.returncode == 0 and done.stderr.count("This API is deprecated") == 1 and "x.py" in done.stderr
