@@ -9,8 +9,8 @@ known external tool. For each, generically:
 - a path into the repository (``configs/…``, ``tests/x.py::test_name``) exists, and no tracked file is ignored;
 - external tools (``chromium``, ``huggingface-cli``, ``accelerate``, ``ray``): ``--help`` runs when installed,
   else the check is skipped with the reason.
-The slow test runs for real every command that is complete (no placeholder, its inputs exist) in a scratch folder
-that mirrors the repository, so what they write stays there.
+Commands are not run for real here: `make test` runs `make dataset` and `tests/test_sample_dataset.py` runs the
+evaluation smoke command on what it built.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
-import os
 import re
 import runpy
 import shlex
@@ -174,28 +173,3 @@ def test_makefile_points_at_readme_sections_that_exist():
     headings = set(re.findall(r"^#+ (.+)$", README, re.M))
     for named in re.findall(r'README "([^"]+)"', (ROOT / "Makefile").read_text()):
         assert any(h.startswith(named) for h in headings), f'Makefile points at README "{named}": no such section'
-
-
-def complete(command: str) -> bool:
-    """A command that can run as written: no placeholder, every input it names here."""
-    ws = words(command)
-    if PLACEHOLDER.search(command) or "|" in command or ws[0] != "python" or module_of(ws) is None:
-        return False
-    return all(os.path.exists(ROOT / w) for w in ws if "/" in w and "=" not in w and "://" not in w
-               and not w.startswith("--") and w.split("/")[0] in ("configs", "data", "tests", "benchmarks"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in COMMANDS if complete(c)])
-def test_complete_readme_command_runs(command, tmp_path):
-    """Runs it for real in a folder whose entries link to the repository's, so outputs land in tmp_path."""
-    for entry in ROOT.iterdir():
-        if entry.name == "data":  # inputs a command may also write to: a copy
-            shutil.copytree(entry, tmp_path / "data")
-        elif not entry.name.startswith(".") or entry.name == ".venv":
-            (tmp_path / entry.name).symlink_to(entry)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, *words(command)[1:]], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode in (0, 2), f"{command!r} exited {done.returncode}:\n{done.stderr[-3000:]}"
-    assert "Traceback" not in done.stderr
