@@ -19,6 +19,9 @@ def restore_loggers():
     names = ("accelerate.checkpointing", "accelerate.accelerator", "bitsandbytes.backends.cpu.ops",
              "ray.data._internal.progress")
     saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names}
+    for n in names:  # as before any CLI of this test process called quiet()
+        logging.getLogger(n).setLevel(logging.NOTSET)
+        logging.getLogger(n).filters.clear()
     yield
     for n, (level, filters) in saved.items():
         logging.getLogger(n).setLevel(level)
