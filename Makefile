@@ -14,15 +14,19 @@ SAMPLE_OUT ?= data/sample
 
 setup: $(STAMP)
 
+# One line per install step, then its time and the venv's size (pip itself stays quiet: its per-package lines
+# would be hundreds).
+step = @echo "setup: $(1)"; t=$$(date +%s); $(2) && echo "setup:   done in $$(($$(date +%s) - t)) s; $(VENV) now $$(du -sh $(VENV) | cut -f1)"
+
 # Idempotent: reinstalls only when pyproject.toml or the constraints change (or the venv is gone).
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned with torchvision: other pairs break torchvision's ops (see README)
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@echo "setup: installing into $(VENV), ~7 GB; ~6-7 min on a 2-core machine (once; a no-op after)"
+	$(call step,virtualenv and pip,(test -x $(BIN)/python || $(PY) -m venv $(VENV)) && $(BIN)/python -m pip install -q --upgrade pip)
+# torch first, pinned with torchvision: other pairs break torchvision's ops (see README)
+	$(call step,torch 2.14.1 + torchvision 0.29.1 (the largest part),$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1)
+	$(call step,anystory-data with extras [$(EXTRAS)]: transformers / diffusers / ray / ...,$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]")
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 # The blender render backend's own interpreter: bpy pins numpy<2 and Python 3.11 (requirements-blender.txt).
 setup-blender: $(BLENDER_VENV)/.installed
@@ -34,13 +38,15 @@ $(BLENDER_VENV)/.installed: requirements-blender.txt
 	touch $@
 
 dataset: setup
+	@echo "dataset: sample inputs, then every source on a local Ray, then validation; ~3-4 min on 2 cores"
 	$(BIN)/python -m datagen.samples $(SAMPLE_INPUTS)
 	$(BIN)/python -m pipelines all --config configs/sample.yaml --out $(SAMPLE_OUT)
 	$(BIN)/python -m datagen.shards validate $(SAMPLE_OUT)
 
 # The default run also checks what `make dataset` built (every source, validation, evaluation on it).
 test: dataset
-	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest
+	@echo "test: the fast suite, ~15 min on 2 cores (slowest tests listed at the end)"
+	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest --durations=15
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
 test-slow: setup

@@ -1,7 +1,8 @@
 """``python -m anystory.generate --adapters DIR --subject IMG[:MASK] ... --prompt "..." [--seed N] --out DIR``
 
 Writes into ``--out``: ``image_<k>.png`` (the generated images), ``routing_subject<i>.png`` (Fig. 5: subject i's
-routing map at every cross-attention layer, a column per shown denoising step), ``mask_subject<i>.png`` (the
+routing map at every cross-attention layer, a column per shown denoising step, labelled with the step and
+layer numbers), ``mask_subject<i>.png`` (the
 reference-prompted segmentation of subject i in image 0, §3.3: routing maps averaged over steps and layers,
 argmax) and ``overlay.png`` (those masks tinted over image 0).
 
@@ -24,7 +25,7 @@ import torch
 
 from anystory import builders
 from anystory.pipeline import AnyStoryPipeline
-from anystory.visualize import routing_grid, routing_overlay, segment_from_routing_maps
+from anystory.visualize import labelled_routing_grid, routing_overlay, segment_from_routing_maps
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,7 +73,7 @@ def write_outputs(out_dir: Path, images: list[PIL.Image.Image], routing_maps, gr
         # subject i's maps alone (its channel and the background): one row of panels
         mine = [[m[:, [i, n]] for m in step] for step in routing_maps]
         paths = {"routing": out_dir / f"routing_subject{i}.png", "mask": out_dir / f"mask_subject{i}.png"}
-        PIL.Image.fromarray(routing_grid(mine, steps=steps)).save(paths["routing"])
+        PIL.Image.fromarray(labelled_routing_grid(mine, steps, [f"subject {i}"])).save(paths["routing"])
         PIL.Image.fromarray(masks[i].astype(np.uint8) * 255).save(paths["mask"])
         written += paths.values()
     PIL.Image.fromarray(routing_overlay(images[0], routing_maps)).save(out_dir / "overlay.png")

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
 import torch
 import torch.nn.functional as F
 
@@ -46,27 +48,65 @@ def segment_from_routing_maps(routing_maps: Sequence[Maps] | Maps, size: tuple[i
     return (labels[:, None] == torch.arange(mean.shape[1] - 1)[None, :, None, None]).numpy()
 
 
+def _cell_shape(maps: Maps, cell: int) -> tuple[int, int]:
+    """Every layer's map is scaled to one cell: ``cell`` pixels high, as wide as the largest map's aspect keeps."""
+    h, w = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
+    return cell, max(1, round(cell * w / h))
+
+
 def routing_grid(routing_maps: Sequence[Maps] | Maps, steps: Sequence[int] | None = None, sample: int = 0,
                  cell: int = 32, rows: int = 10, gap: int = 4, background: bool = False) -> np.ndarray:
     """Fig. 5: a row of panels per subject, a column per chosen denoising step (all by default); inside a panel the
     maps of every cross-attention layer in order, top-to-bottom then left-to-right (``rows`` per column), each
-    ``cell``² pixels, dark blue 0 → yellow 1. The background map (the complement of the others) is left out unless
-    ``background``. Panels are ``gap`` white pixels apart. Returns (H, W, 3) uint8."""
+    scaled to one cell (``cell`` pixels high, the largest map's aspect), dark blue 0 → yellow 1. The background
+    map (the complement of the others) is left out unless ``background``. Panels are ``gap`` white pixels apart.
+    Returns (H, W, 3) uint8; ``labelled_routing_grid`` adds step, layer and subject labels."""
     chosen = _steps(routing_maps, steps)
     n = chosen[0][0].shape[1] - (0 if background else 1)
+    ch, cw = _cell_shape(chosen[0], cell)
     columns = -(-len(chosen[0]) // rows)
-    ph, pw = rows * cell, columns * cell
+    ph, pw = rows * ch, columns * cw
     grid = np.full((n * (ph + gap) - gap, len(chosen) * (pw + gap) - gap, 3), 255, np.uint8)
     for k, maps in enumerate(chosen):
         for layer, m in enumerate(maps):
-            cells = F.interpolate(m[sample : sample + 1, :n].float(), size=(cell, cell), mode="nearest")[0].numpy()
+            cells = F.interpolate(m[sample : sample + 1, :n].float(), size=(ch, cw), mode="nearest")[0].numpy()
             col, row = divmod(layer, rows)
-            x = k * (pw + gap) + col * cell
+            x = k * (pw + gap) + col * cw
             for i in range(n):
-                y = i * (ph + gap) + row * cell
+                y = i * (ph + gap) + row * ch
                 ramp = cells[i, ..., None].clip(0, 1)
-                grid[y : y + cell, x : x + cell] = (_LOW + ramp * (_HIGH - _LOW)).astype(np.uint8)
+                grid[y : y + ch, x : x + cw] = (_LOW + ramp * (_HIGH - _LOW)).astype(np.uint8)
     return grid
+
+
+def labelled_routing_grid(routing_maps: Sequence[Maps] | Maps, steps: Sequence[int], names: Sequence[str],
+                          cell: int = 32, rows: int = 10, gap: int = 4, background: bool = False,
+                          sample: int = 0) -> np.ndarray:
+    """``routing_grid`` with a margin that says what each tile is: ``step <s>`` over each column of panels (s the
+    denoising step's index), the layer range of each column of cells (``0-9``: layers 0 to 9, top to bottom)
+    under it, and each row's name (``names``, one per subject row, plus the background's with ``background``)
+    on the left."""
+    grid = routing_grid(routing_maps, steps, sample, cell, rows, gap, background)
+    chosen = _steps(routing_maps, steps)
+    layers, (ch, cw) = len(chosen[0]), _cell_shape(chosen[0], cell)
+    columns = -(-layers // rows)
+    font = PIL.ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + 3
+    left = max(int(font.getlength(name)) for name in names) + 2 * gap
+    canvas = PIL.Image.new("RGB", (left + grid.shape[1], 2 * line + gap + grid.shape[0]), "white")
+    canvas.paste(PIL.Image.fromarray(grid), (left, 2 * line + gap))
+    draw = PIL.ImageDraw.Draw(canvas)
+    pw = columns * cw
+    for k, step in enumerate(steps):
+        x = left + k * (pw + gap)
+        draw.text((x + pw / 2, 0), f"step {step}", fill="black", font=font, anchor="ma")
+        for col in range(columns):
+            span = f"{col * rows}-{min(layers, (col + 1) * rows) - 1}"
+            draw.text((x + col * cw + cw / 2, line), span, fill="dimgray", font=font, anchor="ma")
+    for i, name in enumerate(names):
+        y = 2 * line + gap + i * (rows * ch + gap) + rows * ch / 2
+        draw.text((gap, y), name, fill="black", font=font, anchor="lm")
+    return np.asarray(canvas)
 
 
 def routing_overlay(image, routing_maps: Sequence[Maps] | Maps, sample: int = 0, steps: Sequence[int] | None = None,

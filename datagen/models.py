@@ -101,8 +101,11 @@ def locate(cfg: ModelConfig) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def resolve(roles: list[str] | tuple[str, ...], registry: RegistryConfig, mode: Mode) -> dict[str, ModelSpec]:
-    """Resolve the models a run needs, once, before any work starts."""
+def resolve(roles: list[str] | tuple[str, ...], registry: RegistryConfig, mode: Mode,
+            announce: bool = True) -> dict[str, ModelSpec]:
+    """Resolve the models a run needs, once, before any work starts. ``mode="auto"`` falls back to tiny random
+    models for missing weights, with a banner (``announce=False``: the caller calls ``announce_missing`` once it
+    knows the run has work)."""
     cfgs = {r: getattr(registry, r) for r in roles}
     if mode == "tiny":
         return {r: _spec(r, c, "tiny", None) for r, c in cfgs.items()}
@@ -110,14 +113,29 @@ def resolve(roles: list[str] | tuple[str, ...], registry: RegistryConfig, mode: 
     missing = [r for r, p in paths.items() if p is None]
     if not missing:
         return {r: _spec(r, c, "real", paths[r]) for r, c in cfgs.items()}
-    lines = "\n".join(f"  - {r}: {cfgs[r].id} — fetch: {fetch_hint(cfgs[r])}" for r in missing)
     if mode == "real":
+        lines = "\n".join(f"  - {r}: {cfgs[r].id} — fetch: {fetch_hint(cfgs[r])}" for r in missing)
         raise MissingModelError(f"model weights missing for --models real:\n{lines}")
+    if announce:
+        announce_missing(missing, registry)
+    return {r: _spec(r, c, "tiny", None) for r, c in cfgs.items()}
+
+
+_announced: set[str] = set()  # roles whose missing weights this process has already shown
+
+
+def announce_missing(roles: list[str], registry: RegistryConfig) -> None:
+    """The WEIGHTS MISSING banner for those of ``roles`` whose weights are missing and were not shown before in
+    this process (so ``python -m pipelines all`` shows each once)."""
+    new = [r for r in roles if r not in _announced and locate(getattr(registry, r)) is None]
+    if not new:
+        return
+    _announced.update(new)
+    lines = "\n".join(f"  - {r}: {getattr(registry, r).id} — fetch: {fetch_hint(getattr(registry, r))}" for r in new)
     log.warning(
         "\n%s\nWEIGHTS MISSING — using TINY RANDOM models (output marked synthetic_models: true):\n%s\n%s",
         "!" * 78, lines, "!" * 78,
     )
-    return {r: _spec(r, c, "tiny", None) for r, c in cfgs.items()}
 
 
 def _spec(role: str, cfg: ModelConfig, mode: str, path: str | None) -> ModelSpec:
@@ -134,6 +152,10 @@ def synthetic(specs: dict[str, ModelSpec]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m datagen.models", description="every model of the default registry: "
+                            "where it was found, or the command that fetches it").parse_args(argv)
     registry = RegistryConfig()
     for role in ROLES:
         cfg = getattr(registry, role)

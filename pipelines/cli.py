@@ -14,6 +14,7 @@ import logging
 import sys
 
 from datagen.models import MissingModelError
+from datagen.quiet import quiet
 
 
 def _count(text: str) -> int:
@@ -40,6 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet()
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
     from pipelines.lock import OutputError

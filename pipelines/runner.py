@@ -4,7 +4,8 @@ The only place that knows how work is spread. Sources declare units and stages; 
 - lists units, drops the finished ones (ledger), resolves the models once (fails before any work),
 - streams the rest through the stages on Ray Data (tasks for CPU stages, actor pools for models),
 - writes shards in the workers (size-capped, atomic, numbered by one small actor), one ledger part each,
-- shows progress (units/s, samples/s, ETA) and ends with a stats report, also kept in the manifest.
+- shows progress (units done of those listed, samples written, ETA from recent throughput: ``progress.py``) and
+  ends with a stats report, also kept in the manifest.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from datagen import models as registry
 from datagen import shards
 from datagen.shards import card
+from datagen.quiet import worker_env
 from datagen.units import Outcome
 from pipelines import ledger
 from pipelines.config import PipelineConfig, WriterConfig, config_hash
 from pipelines.lock import output_lock
+from pipelines.progress import RunBar
 from pipelines.sources import Source
 from pipelines.stages import ActorStage, CrashLog, TaskStage, apply, items_of, unit_row
 
@@ -179,7 +181,7 @@ def init_ray(cfg: PipelineConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # "local" starts a private instance even when `ray start` left a cluster running on this machine.
     kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
-    ray.init(address=address or "local", runtime_env=cfg.ray.runtime_env, log_to_driver=True,
+    ray.init(address=address or "local", runtime_env=worker_env(cfg.ray.runtime_env), log_to_driver=True,
              logging_level=logging.WARNING, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
@@ -208,7 +210,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     out = cfg.out
     scfg = source_cfg if source_cfg is not None else getattr(cfg.sources, source.name)
     start = time.time()
-    specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models)  # fails here, before any work
+    # fails here, before any work; the tiny-fallback banner waits until the run has work to do
+    specs = registry.resolve(source.roles(scfg), cfg.registry, cfg.models, announce=False)
     try:
         units = source.units(scfg)
     except (OSError, ValueError, KeyError) as e:  # nothing has started: say which input, not a traceback
@@ -232,6 +235,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     processed: Counter = Counter()
     samples = 0
     if todo:
+        if cfg.models == "auto":
+            registry.announce_missing(list(specs), cfg.registry)
         init_ray(cfg)
         numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(state.shard_numbers())
         claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(state.kept_keys())
@@ -249,15 +254,12 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
             fn_kwargs=dict(out=out, source=source.name, numbers=numbers, claims=claims, run_id=run_id,
                            max_shard_bytes=cfg.writer.max_shard_bytes, jpeg_quality=cfg.writer.jpeg_quality),
         )
-        bar = tqdm(total=len(todo), desc=f"{source.name}", unit="unit", dynamic_ncols=True)
-        t0 = time.time()
+        bar = RunBar(source.name, len(todo))
         for row in ds.iter_rows():
             processed[row["status"]] += 1
             samples += int(row["n_samples"])
-            rate = samples / max(time.time() - t0, 1e-9)
-            bar.set_postfix(samples=samples, samples_s=f"{rate:.2f}", kept=processed[ledger.KEPT],
-                            quarantined=processed[ledger.FILTERED] + processed[ledger.FAILED], refresh=False)
-            bar.update(1)
+            bar.update(1, int(row["n_samples"]), processed[ledger.KEPT],
+                       processed[ledger.FILTERED] + processed[ledger.FAILED])
         bar.close()
         ray.kill(numbers)
         ray.kill(claims)

@@ -111,12 +111,14 @@ def open_sources(cfg: DataConfig) -> list[SourceShards]:
     return [open_source(s.path, s.source, s.weight, cfg.allow_synthetic, cfg.max_broken_fraction) for s in cfg.sources]
 
 
-def make_loader(cfg: DataConfig, factors: tuple[int, ...], seed: int, position: DataPosition) -> DataLoader:
-    """DataLoader over this rank's stream (batches come collated from the workers: ``batch_size=None``).
+def make_loader(cfg: DataConfig, factors: tuple[int, ...], seed: int, position: DataPosition,
+                sources: list[SourceShards] | None = None) -> DataLoader:
+    """DataLoader over this rank's stream (batches come collated from the workers: ``batch_size=None``);
+    ``sources`` are ``open_sources(cfg)``, opened here unless given (the trainer opens them before the models).
 
     Not for ``accelerator.prepare``: the stream already splits shards by rank and worker.
     """
-    stream = SubjectStream(open_sources(cfg), cfg, factors, seed, position)
+    stream = SubjectStream(sources if sources is not None else open_sources(cfg), cfg, factors, seed, position)
     # Its own generator: the DataLoader draws a base seed per iterator, which must not advance the global RNG
     # that a resume restores (noise and timesteps come from it).
     return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,

@@ -60,6 +60,9 @@ class SourceShards:
             log.warning("%s: broken after %d of %d samples, rest of the shard skipped (%s); broken shards of %s: "
                         "%d of %d", self.urls[k], read, self.sizes[k], error, self.name, len(self.broken),
                         len(self.urls))
+        self.check_broken()
+
+    def check_broken(self) -> None:
         if len(self.broken) > self.max_broken_fraction * len(self.urls) or len(self.broken) == len(self.urls):
             listed = "; ".join(f"{self.urls[i]}: {e}" for i, e in sorted(self.broken.items()))
             raise BrokenShardsError(f"{self.name}: {len(self.broken)} of {len(self.urls)} shards broken, more "
@@ -82,11 +85,19 @@ def open_source(path: str, source: str | None, weight: float, allow_synthetic: b
     counts = {}
     for shard in shards.read_table(path, shards.INDEX_FILE).column("shard").to_pylist():
         counts[shard] = counts.get(shard, 0) + 1
-    names = [n for n in shards.list_shards(path, source) if counts.get(n)]
+    names = sorted(n for n in counts if (m := shards.SHARD_NAME.match(n)) and source in (None, m["source"]))
     if not names:
         raise shards.FormatError(f"{name}: no shards with samples")
-    return SourceShards(name, tuple(shards.shard_urls(path, names)), tuple(counts[n] for n in names), weight,
-                        max_broken_fraction)
+    src = SourceShards(name, tuple(shards.shard_urls(path, names)), tuple(counts[n] for n in names), weight,
+                       max_broken_fraction)
+    # A shard the index lists but the folder lacks is known broken now: past the fraction, stop before training.
+    present = set(shards.list_shards(path, source))
+    for k, n in enumerate(names):
+        if n not in present:
+            src.broken[k] = f"missing: {shards.INDEX_FILE} lists {counts[n]} samples in it"
+            log.warning("%s: %s", src.urls[k], src.broken[k])
+    src.check_broken()
+    return src
 
 
 def seeded(*parts: int | str) -> np.random.Generator:
@@ -143,7 +154,7 @@ def read_shard(src: SourceShards, k: int, start: int = 0) -> Iterator[dict[str, 
                 return
         raise shards.FormatError(f"index lists {size} samples, tar holds {n}")
     except SHARD_ERRORS as e:
-        src.shard_broke(k, n, f"{type(e).__name__}: {e}")
+        src.shard_broke(k, n, f"{type(e).__name__}: {e.args[0] if e.args else e}")  # tarfile adds file reprs
 
 
 def source_samples(src: SourceShards, schedule: Iterator[int], start: int) -> Iterator[dict[str, Any]]:

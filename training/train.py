@@ -3,6 +3,10 @@
 Multi-GPU / multi-node: ``accelerate launch [--num_processes N --num_machines M ...] -m training.train ...``.
 Each rank reads its own shards (``split_by_node``; ``data.resampled: true`` for many nodes), so the loader is not
 given to ``accelerator.prepare``.
+
+Exit status: 0 when training finished; 2 for an expected stop (a bad config or override, a synthetic, empty or
+broken dataset past ``data.max_broken_fraction``, missing weights), printed as one line; 1 with a traceback for
+anything else.
 """
 
 from __future__ import annotations
@@ -11,7 +15,13 @@ import argparse
 import logging
 import sys
 
+import yaml
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from datagen.quiet import quiet
 from training.config import load_config
+from training.errors import EXPECTED, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +33,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="accept datasets built with tiny random models (smoke runs only)")
     args = p.parse_args(argv)
     overrides = list(args.overrides) + (["data.allow_synthetic=true"] if args.allow_synthetic else [])
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # pydantic's ValidationError is a ValueError
+        print(f"error: {args.config}: {one_line(e)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet()
     from training.trainer import train  # heavy imports after the config is known to be valid
 
-    train(cfg, resume=args.resume)
+    try:
+        with logging_redirect_tqdm():  # log lines above the step bar, not through it
+            train(cfg, resume=args.resume)
+    except EXPECTED as e:
+        for bar in list(tqdm._instances):  # the step bar the stop left open: end its line before the message
+            bar.close()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -42,7 +42,7 @@ from training import checkpoints, optim
 from training.augment import normalize
 from training.config import Config
 from training.evaluate.during_training import TrainingEvaluation
-from training.loader import DataPosition, make_loader
+from training.loader import DataPosition, make_loader, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     )
     o = cfg.optim
     optim.require(o.optimizer)  # a missing bitsandbytes fails here, before minutes of model loading
+    sources = open_sources(cfg.data)  # so do synthetic, empty and (known) broken datasets
     model, frozen = build(cfg, accelerator.device)
     check_sizes(cfg, model, frozen)
     evaluation = TrainingEvaluation(cfg, accelerator.device) if t.eval_every and accelerator.is_main_process else None
@@ -258,7 +259,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
         log.info("resumed from %s at step %d (%d batches read)", start, step.value, position.batches)
     if t.tracker:
         accelerator.init_trackers(f"anystory-stage{cfg.stage}", config=_flat(cfg.model_dump()))
-    batches = iter(make_loader(cfg.data, factors, t.seed, position))
+    batches = iter(make_loader(cfg.data, factors, t.seed, position, sources))
     model.train()
     result = TrainResult(bare, output_dir=out_dir)
     samples_per_step = cfg.data.batch_size * t.grad_accum * accelerator.num_processes

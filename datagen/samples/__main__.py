@@ -1,8 +1,10 @@
-import sys
+"""``python -m datagen.samples DIR``: the small inputs of every source, made here (no downloads)."""
+
+import argparse
 
 from datagen.samples import make_all
 
-if len(sys.argv) != 2:
-    sys.exit("usage: python -m datagen.samples DIR")
-for name, paths in make_all(sys.argv[1]).items():
+p = argparse.ArgumentParser(prog="python -m datagen.samples", description=__doc__.split(": ", 1)[1])
+p.add_argument("dir", help="folder to write them into (configs/sample.yaml reads data/inputs)")
+for name, paths in make_all(p.parse_args().dir).items():
     print(f"{name}: {paths}")

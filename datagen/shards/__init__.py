@@ -458,6 +458,12 @@ def list_shards(dataset: str, source: str | None = None) -> list[str]:
     return sorted(names)
 
 
+def pipeline_of(shard: str) -> str:
+    """The pipeline source (video, objaverse, deepfashion2, coco, urls, ...) that wrote a shard: its name's prefix.
+    A sample's ``source`` in meta and the index is its kind (video, objaverse, image, router)."""
+    return SHARD_NAME.match(shard.rstrip("/").rsplit("/", 1)[-1])["source"]
+
+
 def shard_urls(dataset: str, names: Iterable[str] | None = None) -> list[str]:
     names = list_shards(dataset) if names is None else names
     return [join(dataset, SHARDS_DIR, n) for n in names]

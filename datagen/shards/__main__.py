@@ -12,11 +12,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stats", help="counts per source, subjects per sample, kept/filtered by reason")
     s.add_argument("dataset")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--source", help="only this pipeline source (video|objaverse|deepfashion2|coco|urls) or kind "
+                                    "(video|objaverse|image|router)")
     g = sub.add_parser("view", help="write a self-contained HTML gallery")
     g.add_argument("dataset")
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=100, help="at most this many samples")
-    g.add_argument("--source", help="only samples of this kind (video|objaverse|image|router)")
+    g.add_argument("--source", help="only samples of this pipeline source (video|objaverse|deepfashion2|coco|urls) "
+                                    "or kind (video|objaverse|image|router)")
     h = sub.add_parser("export-hf", help="parquet files + dataset card for the Hugging Face datasets library")
     h.add_argument("dataset")
     h.add_argument("out")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stats":
         from datagen.shards.stats import main as stats_main
 
-        return stats_main(args.dataset, args.json)
+        return stats_main(args.dataset, args.json, args.source)
     if args.command == "export-hf":
         from datagen.shards import hf
 

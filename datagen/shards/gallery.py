@@ -12,6 +12,7 @@ import html
 import io
 import json
 from itertools import islice
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -65,7 +66,7 @@ def data_uri(im: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def sample_html(sample: shards.Sample) -> str:
+def sample_html(sample: shards.Sample, pipeline: str) -> str:
     esc = html.escape
     figures = []
     for j, fr in enumerate(sample.frames):
@@ -84,15 +85,27 @@ def sample_html(sample: shards.Sample) -> str:
     )
     prov = esc(json.dumps({"provenance": sample.provenance, "models": sample.models, "scores": sample.scores},
                           indent=1, default=str))
-    return (f'<div class="sample"><div class="key">{esc(sample.key)} · {esc(sample.source)} · '
+    return (f'<div class="sample"><div class="key">{esc(sample.key)} · source {esc(pipeline)} · kind '
+            f'{esc(sample.source)} · '
             f"{len(sample.frames)} frames · {len(sample.subjects)} subjects</div>"
             f'<div class="frames">{"".join(figures)}</div><div>{chips}</div>'
             f"<details><summary>provenance</summary><pre>{prov}</pre></details></div>")
 
 
+def pipeline_samples(dataset: str, source: str | None = None) -> Iterator[tuple[str, shards.Sample]]:
+    """(pipeline source, sample) of every sample whose pipeline source or kind is ``source`` (all by default)."""
+    for name in shards.list_shards(dataset):
+        pipeline = shards.pipeline_of(name)
+        if source not in (None, pipeline) and source not in shards.KINDS:
+            continue  # a pipeline's shards are named after it: the others hold none of its samples
+        for raw in shards.iter_raw(shards.shard_urls(dataset, [name])):
+            sample = shards.decode_sample(raw)
+            if source in (None, pipeline, sample.source):
+                yield pipeline, sample
+
+
 def gallery(dataset: str, limit: int = 100, source: str | None = None) -> str:
-    samples = (s for s in shards.iter_samples(dataset) if source is None or s.source == source)
-    body = [sample_html(s) for s in islice(samples, limit)]
+    body = [sample_html(s, pipeline) for pipeline, s in islice(pipeline_samples(dataset, source), limit)]
     title = html.escape(f"{dataset} — {len(body)} samples")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"
             f"</head><body><h1>{title}</h1>{''.join(body)}</body></html>")

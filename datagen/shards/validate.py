@@ -190,7 +190,7 @@ def validate(dataset: str) -> Report:
             report.samples += 1
             if meta is not None:
                 found[key] = (name, meta)
-                report.per_source[meta.get("source")] += 1
+                report.per_source[f"{shards.pipeline_of(name)} ({meta.get('source')})"] += 1
     _check_index(dataset, found, report)
     _check_quarantine_and_manifest(dataset, len(found), report)
     return report

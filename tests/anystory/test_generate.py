@@ -7,7 +7,7 @@ import torch
 
 from anystory import generate
 from anystory.pipeline import AnyStoryPipeline
-from anystory.visualize import routing_grid
+from anystory.visualize import labelled_routing_grid
 from tests.anystory.conftest import perturb_adapters
 
 
@@ -38,10 +38,11 @@ def test_tiny_smoke_run_writes_images_grids_and_masks(tmp_path, capsys):
     for m in masks:
         assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 255}
     assert not (masks[0].astype(bool) & masks[1].astype(bool)).any()  # argmax: masks never overlap
-    # one row of panels per grid (the subject alone), one column per shown step (first and last of 3)
-    fake = [[torch.zeros(1, 2, 8, 8)] * 11] * 2
+    # one row of panels per grid (the subject alone), one column per shown step (first and last of 3), labelled
+    fake = [[torch.zeros(1, 2, 8, 8)] * 11] * 3
     for i in range(2):
-        assert np.asarray(PIL.Image.open(out / f"routing_subject{i}.png")).shape == routing_grid(fake).shape
+        expected = labelled_routing_grid(fake, [0, 2], [f"subject {i}"]).shape
+        assert np.asarray(PIL.Image.open(out / f"routing_subject{i}.png")).shape == expected
     assert (out / "overlay.png").is_file()
     assert str(out / "image_0.png") in capsys.readouterr().out
     # the same seed gives the same image; another seed another one

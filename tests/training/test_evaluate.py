@@ -100,10 +100,11 @@ def test_empty_set_and_missing_inputs(tmp_path, caplog):
         load(None, str(tmp_path), None, [0], 64)
 
 
-def test_missing_encoder_weights_fail_before_generation(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"CLIP ViT-B/32.*hf download"):
-        main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
-              "--clip", str(tmp_path / "no-clip")])
+def test_missing_encoder_weights_fail_before_generation(tmp_path, capsys):
+    assert main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
+                 "--clip", str(tmp_path / "no-clip")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: .*CLIP ViT-B/32.*hf download.*\n", err) and "Traceback" not in err  # one line
     assert not (tmp_path / "out").exists()
 
 

@@ -60,6 +60,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from datagen.quiet import quiet
+    from training.errors import EXPECTED, one_line
+
+    quiet()
+
+    try:
+        return evaluate(args)
+    except (*EXPECTED, FileNotFoundError) as e:  # missing weights or inputs, a bad dataset: one line, no traceback
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def evaluate(args: argparse.Namespace) -> int:
     tiny = args.size == "tiny"
     resolution = args.resolution or (64 if tiny else 1024)
     try:
@@ -76,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") and not tiny else None
+    log.info("loading the CLIP and DINO encoders, the Grounding DINO + SAM locator and AnyStory on %s (once, "
+             "slow on a first run)", device)
     enc = encoders.build_encoders(args.size, args.clip or encoders.CLIP_B32, args.dino or encoders.DINO_S16, device)
     locator = locate.PhraseLocator.build(locate.resolve(args.size, args.detector, args.segmenter))
     ip_file, skipped = None, {}
@@ -91,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = run.Settings(steps=args.steps or (2 if tiny else 25), guidance=args.guidance,
                             size=(resolution, resolution))
+    log.info("generating %d samples; the first includes one-time warm-up", len(samples))
     rows, images = run.run(samples, pipe, enc, settings, ip_file, locator=locator, locate=args.locate)
     data_synthetic = bool(args.shards and shards.read_manifest(args.shards).get("synthetic_models"))
     info = {"synthetic": tiny or enc.synthetic or locator.synthetic or data_synthetic, "encoders": enc.names,
