@@ -18,11 +18,13 @@ import numpy as np
 from datagen.labeling import entities
 from datagen.labeling import filters
 from datagen.labeling import matching
+from datagen.labeling import pairs as pair_measures
 from datagen.labeling.captions import CaptionParams, Captioner
 from datagen.labeling.detection import DetectionParams, Detector
 from datagen.labeling.entities import EntityParams
 from datagen.labeling.filters import FilterParams, Instance
 from datagen.labeling.matching import Embedder, MatchParams
+from datagen.labeling.pairs import PairRules
 from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.labeling.segmentation import SegmentationParams, Segmenter
@@ -41,6 +43,7 @@ class LabelingParams(Params):
     matching: MatchParams = MatchParams()
     # web and phone video: 360p (640×360) is the lowest common resolution worth a 1024² target
     filters: FilterParams = FilterParams(min_image_side=360)
+    pairs: PairRules = PairRules()
 
 
 def _sample(item: Item) -> Sample:
@@ -164,12 +167,15 @@ def _phrase(members: list[Instance]) -> str:
     return max(members, key=lambda x: (counts[x.phrase], x.score)).phrase
 
 
-def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None) -> Item:
-    """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``).
+def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None,
+                   rules: PairRules | None = None) -> Item:
+    """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``) and their pairs.
 
     A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``); a clip
     where no subject is seen in two frames is rejected (``no_match``) unless ``p.self_references``.
     Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones.
+    Every matched subject's frame pairs are measured (``pairs.measure``: identity from the embeddings already
+    computed for matching); with ``rules``, pairs failing them are dropped (``pairs/<reason>``).
     """
     sample = _sample(item)
     instances = item.scratch["instances"]
@@ -199,5 +205,14 @@ def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | 
     sample.models = dict(models or {})
     # how many subjects matched is in the subjects themselves (match_score not null): not a score of its own
     sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0}
+    embeddings = item.scratch["embeddings"]
+
+    def identity(k: int, a: int, b: int) -> float:
+        members = groups[k][0].members
+        return float(embeddings[a][members[a]] @ embeddings[b][members[b]])
+
+    sample.pairs = pair_measures.measure(sample, identity)
+    if rules is not None:
+        pair_measures.keep_pairs(sample, sample.pairs, rules, lambda reason, n: item.drop("pairs", reason, n))
     item.scratch.clear()  # nothing downstream needs it: keep it out of the writer's transfer
     return item
