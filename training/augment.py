@@ -161,6 +161,7 @@ def realize(plan: Plan, params: AugmentParams, factors: tuple[int, ...]) -> dict
         "refs": refs,
         "routing": {f: torch.from_numpy(m) for f, m in routing.items()},
         "drop": plan.drop,
+        "pair_change": plan.pair_change,
     }
 
 
@@ -172,10 +173,13 @@ def collate(items: list[dict[str, Any]], params: AugmentParams, factors: tuple[i
     ref = torch.zeros(b, n, 3, s, s, dtype=torch.uint8)
     ref_mask = torch.zeros(b, n, 1, m, m)
     valid = torch.zeros(b, n, dtype=torch.bool)
+    change = torch.full((b, n), float("nan"))  # the reference pair's change_score; NaN: self-reference, unmeasured
     routing = {f: torch.zeros(b, n, *items[0]["routing"][f].shape[1:]) for f in factors}
     for k, item in enumerate(items):
         for i, r in enumerate(item["refs"]):
             clip[k, i], ref[k, i], ref_mask[k, i], valid[k, i] = r["clip"], r["ref"], r["ref_mask"], True
+            if item["pair_change"][i] is not None:
+                change[k, i] = item["pair_change"][i]
         for f in factors:
             routing[f][k, : len(item["refs"])] = item["routing"][f]
     return {
@@ -189,4 +193,5 @@ def collate(items: list[dict[str, Any]], params: AugmentParams, factors: tuple[i
         "subject_valid": valid,
         "routing_masks": routing,
         "drop_subjects": torch.tensor([it["drop"] for it in items]),
+        "pair_change": change,
     }

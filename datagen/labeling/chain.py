@@ -161,6 +161,45 @@ class EmbedSubjects:
         return items
 
 
+class MeasurePairs:
+    """Pair measures for samples whose subjects are matched by annotation (DeepFashion2's shop/consumer styles):
+    identity from the matcher's embedder on the masked crops, then ``rules``. A sample whose pairs all fail is
+    dropped (``pairs/<reason>`` counts its pairs, ``pairs/sample_<reason>`` the sample); a unit left without
+    samples is rejected with that reason."""
+
+    def __init__(self, spec: ModelSpec, params: MatchParams, rules: PairRules):
+        self.embedder = Embedder(spec, params)
+        self.rules = rules
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        crops, slots = [], []
+        for it in items:
+            for sample in it.samples:
+                for k, s in enumerate(sample.subjects):
+                    for j in sorted(s.masks):
+                        crops.append(matching.masked_crop(sample.frames[j].image, s.masks[j], s.box(j)))
+                        slots.append((id(sample), k, j))
+        row = {slot: n for n, slot in enumerate(slots)}
+        emb = self.embedder(crops)
+        for it in items:
+            kept, reason = [], ""
+            for sample in it.samples:
+                def identity(k: int, a: int, b: int, key: int = id(sample)) -> float:
+                    return float(emb[row[key, k, a]] @ emb[row[key, k, b]])
+
+                try:
+                    pair_measures.keep_pairs(sample, pair_measures.measure(sample, identity), self.rules,
+                                             lambda r, n, it=it: it.drop("pairs", r, n))
+                    kept.append(sample)
+                except Rejected as e:
+                    it.drop("pairs", f"sample_{e.reason}")
+                    reason = e.reason
+            if it.samples and not kept:
+                raise Rejected(reason, f"every sample lost its pairs; dropped {dict(it.drops)}")
+            it.samples = kept
+        return items
+
+
 def _phrase(members: list[Instance]) -> str:
     """The track's most frequent phrase, ties to the best-scored detection."""
     counts = Counter(x.phrase for x in members)

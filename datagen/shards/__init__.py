@@ -114,7 +114,7 @@ class Sample:
     provenance: dict[str, Any] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
-    pairs: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] | None = None  # None: not measured (see ``pairs_of``)
 
 
 class FormatError(ValueError):
@@ -160,6 +160,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def pairs_of(sample: Sample) -> list[dict[str, Any]] | None:
+    """meta.json's ``pairs``: the measured ones; ``[]`` when no subject is in two frames (nothing to measure, e.g.
+    router samples); None when a sample with such subjects was not measured (the key is left out, as in 2.0)."""
+    if sample.pairs is not None:
+        return sample.pairs
+    return None if any(len(s.masks) > 1 for s in sample.subjects) else []
+
+
 def sample_meta(sample: Sample) -> dict[str, Any]:
     """The ``meta.json`` document of a sample."""
     frames = [
@@ -176,7 +184,7 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         }
         for s in sample.subjects
     ]
-    return {
+    meta = {
         "version": SAMPLE_VERSION,
         "source": sample.source,
         "frames": frames,
@@ -184,8 +192,11 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         "provenance": sample.provenance,
         "models": sample.models,
         "scores": sample.scores,
-        "pairs": sample.pairs,
     }
+    pairs = pairs_of(sample)
+    if pairs is not None:
+        meta["pairs"] = pairs
+    return meta
 
 
 def check_sample(sample: Sample) -> None:
@@ -206,7 +217,7 @@ def check_sample(sample: Sample) -> None:
         if fr.image.ndim != 3 or fr.image.shape[2] != 3:
             raise FormatError(f"{sample.key}: frame must be H×W×3, got {fr.image.shape}")
     frames_of = {s.id: set(s.masks) | set(s.boxes) for s in sample.subjects}
-    for p in sample.pairs:
+    for p in sample.pairs or []:
         a, b = p["frames"]
         if a == b or not {a, b} <= frames_of.get(p["subject"], set()):
             raise FormatError(f"{sample.key}: pair {p['subject']}@{p['frames']} is not a subject seen in two frames")
@@ -273,16 +284,19 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         provenance=meta.get("provenance", {}),
         models=meta.get("models", {}),
         scores=meta.get("scores", {}),
-        pairs=meta.get("pairs", []),  # absent before 2.1
+        pairs=meta.get("pairs"),  # absent before 2.1
     )
 
 
 _SUBJECT_KEYS = ("id", "phrase", "boxes", "det_score", "match_score")
 
 
-def pair_summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+def pair_summary(pairs: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The index's pair columns: how many pairs, the least identical pair's identity and the least changed pair's
-    ``change_score`` (null without pairs), so ``pair_change_min < 0.1`` finds the samples holding a near copy."""
+    ``change_score`` (null without pairs; all null when not measured), so ``pair_change_min < 0.1`` finds the
+    samples holding a near copy."""
+    if pairs is None:
+        return dict.fromkeys(PAIR_COLUMNS)
     return {
         "n_pairs": len(pairs),
         "pair_identity_min": min((float(p["identity"]) for p in pairs), default=None),
@@ -309,7 +323,7 @@ def index_row(sample: Sample, shard: str) -> dict[str, Any]:
         "subject_area_max": max(areas) if areas else None,
     }
     row.update({f"score_{k}": float(v) for k, v in sample.scores.items()})
-    row.update(pair_summary(sample.pairs))
+    row.update(pair_summary(pairs_of(sample)))
     return row
 
 

@@ -136,7 +136,7 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
             x0, y0, x1, y1 = box
             if not (0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]):
                 report.add(where, f"subject {s.get('id')} box {box} outside frame {j} ({size[0]}x{size[1]})")
-    for p in meta.get("pairs", []):  # 2.1: each pair is one subject with a mask in both of its frames
+    for p in meta.get("pairs") or []:  # 2.1: each pair is one subject with a mask in both of its frames
         masks = [f"mask.{j}.{p.get('subject')}.png" for j in p.get("frames", [])]
         if len(set(masks)) != 2 or not all(m in files for m in masks):
             report.add(where, f"pair {p.get('subject')}@{p.get('frames')}: the subject is not masked in two frames")
@@ -230,8 +230,8 @@ def _check_index(dataset: str, found: dict[str, tuple[str, dict[str, Any]]], rep
         expect = {"shard": shard, "source": meta.get("source"), "n_frames": len(meta["frames"]),
                   "n_subjects": len(meta["subjects"]), "width": meta["frames"][0].get("width"),
                   "height": meta["frames"][0].get("height")}
-        if row.get("n_pairs") is not None:  # null in rows written before 2.1
-            expect.update(shards.pair_summary(meta.get("pairs", [])))
+        if row.get("n_pairs") is not None or meta.get("pairs") is not None:  # both absent before 2.1
+            expect.update(shards.pair_summary(meta.get("pairs")))
         for col, value in expect.items():
             if row[col] != value:
                 report.add(shards.INDEX_FILE, f"{row['key']}: {col} = {row[col]!r}, shard says {value!r}")

@@ -173,6 +173,10 @@ def test_pairs_travel_in_meta_and_are_summarised_in_the_index(dataset_factory, s
     single = sample_factory(key="k1", n_frames=1)
     assert {c: shards.index_row(single, "x")[c] for c in shards.PAIR_COLUMNS} == {
         "n_pairs": 0, "pair_identity_min": None, "pair_change_min": None}
+    assert shards.sample_meta(single)["pairs"] == []  # nothing to measure: no pair
+    unmeasured = sample_factory(key="k2")  # two frames, no measures: as 2.0, no key and null columns
+    assert "pairs" not in shards.sample_meta(unmeasured)
+    assert {c: shards.index_row(unmeasured, "x")[c] for c in shards.PAIR_COLUMNS} == dict.fromkeys(shards.PAIR_COLUMNS)
     root = dataset_factory([[s, single]])
     assert list(shards.iter_samples(root))[0].pairs == s.pairs
     table = shards.read_table(root, shards.INDEX_FILE)
@@ -190,7 +194,7 @@ def test_a_20_dataset_without_pair_columns_still_reads(dataset_factory, sample_f
     old = shards.read_table(root, shards.INDEX_FILE).drop_columns(list(shards.PAIR_COLUMNS))
     shards.remove_index_part(root, "all")
     pq.write_table(old, os.path.join(root, shards.INDEX_FILE, "old.parquet"))  # as a 2.0 run wrote it
-    new = shards.index_row(sample_factory(key="k1"), "test-000000.tar")
+    new = shards.index_row(sample_factory(key="k1", n_frames=1), "test-000000.tar")
     shards.write_index_part(root, "new", [new])
     table = shards.read_table(root, shards.INDEX_FILE).sort_by("key")
     assert table.column("n_pairs").to_pylist() == [None, 0]
