@@ -108,21 +108,47 @@ class DetectSubjects:
         return items
 
 
-def _filter_frames(item: Item, step: str, keep) -> Item:
-    """Apply ``keep(instances, frame) -> (survivors, drops)`` to every frame, counting drops under ``step``."""
-    kept = []
-    for fr, instances in zip(_sample(item).frames, item.scratch["instances"]):
+MIN_FRAMES = 2  # a video sample is 2–5 frames of one shot
+
+
+def _drop_frames(item: Item, step: str, drop: set[int]) -> None:
+    """Remove frames (and their per-frame scratch) from the item's sample; fewer than MIN_FRAMES left rejects it."""
+    sample = _sample(item)
+    keep = [j for j in range(len(sample.frames)) if j not in drop]
+    if len(keep) < MIN_FRAMES:
+        raise Rejected("too_few_frames", f"{len(keep)} of {len(sample.frames)} frames left after {step}; "
+                                         f"dropped {dict(item.drops)}")
+    sample.frames = [sample.frames[j] for j in keep]
+    for name, per_frame in item.scratch.items():  # phrases, instances, ignore: lists over the frames
+        item.scratch[name] = [per_frame[j] for j in keep]
+
+
+def _filter_frames(item: Item, step: str, keep, p: FilterParams) -> Item:
+    """Apply ``keep(instances, frame) -> (survivors, drops)`` to every frame, counting drops under ``step``.
+
+    A frame where a rule dropped a real instance (``filters.UNLABELED``) is dropped (``<step>/frame_unlabeled``)
+    or, with ``p.unlabeled = ignore``, keeps the instances' boxes as its ignore region (scratch ``ignore``)."""
+    kept, unlabeled = [], set()
+    ignore = item.scratch.setdefault("ignore", [[] for _ in _sample(item).frames])
+    for j, (fr, instances) in enumerate(zip(_sample(item).frames, item.scratch["instances"])):
         survivors, drops = keep(instances, fr)
         _count(item, step, drops)
         kept.append(survivors)
+        left = filters.unlabeled(instances)
+        if left:
+            unlabeled.add(j)
+            ignore[j] += [[round(v, 2) for v in x.box] for x in left]
     item.scratch["instances"] = kept
+    if unlabeled and p.unlabeled == "drop_frame":
+        item.drop(step, "frame_unlabeled", len(unlabeled))
+        _drop_frames(item, step, unlabeled)
     _require_instances(item, step)
     return item
 
 
 def filter_boxes(item: Item, p: FilterParams) -> Item:
     """B.1 rules (1)–(5), per frame, before segmentation (SAM runs only on boxes that can survive)."""
-    return _filter_frames(item, "filter_boxes", lambda xs, fr: filters.filter_boxes(xs, fr.width, fr.height, p))
+    return _filter_frames(item, "filter_boxes", lambda xs, fr: filters.filter_boxes(xs, fr.width, fr.height, p), p)
 
 
 class SegmentSubjects:
@@ -141,7 +167,7 @@ class SegmentSubjects:
 
 def filter_masks(item: Item, p: FilterParams) -> Item:
     """B.1 rule (6): a mask covering less than ``min_mask_box_ratio`` of its box is dropped."""
-    return _filter_frames(item, "filter_masks", lambda xs, fr: filters.by_mask_box_ratio(xs, p))
+    return _filter_frames(item, "filter_masks", lambda xs, fr: filters.by_mask_box_ratio(xs, p), p)
 
 
 class EmbedSubjects:
@@ -241,6 +267,9 @@ def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | 
         ))
     matched = [s.match_score for s in subjects if s.match_score is not None]
     sample.subjects = subjects
+    for fr, boxes in zip(sample.frames, item.scratch.get("ignore", [])):
+        if boxes:  # p.unlabeled = ignore: instances without a subject, left out of the routing loss
+            fr.fields["ignore"] = boxes
     sample.models = dict(models or {})
     # how many subjects matched is in the subjects themselves (match_score not null): not a score of its own
     sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0}
