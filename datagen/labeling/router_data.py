@@ -46,15 +46,15 @@ def select(item: Item, stage: str, instances: list[Instance], width: int, height
         kept, capped = filters.cap_subjects(kept, rules.filters)
         drops += capped
     _record(item, stage, drops)
+    if len(kept) < rules.min_subjects:
+        raise Rejected("too_few_subjects", f"{len(kept)} < {rules.min_subjects} after filters "
+                                           f"({len(instances)} before; dropped {dict(drops)})")
     left = filters.unlabeled(instances)
     if left and rules.filters.unlabeled == "drop_frame":  # the image is the sample's one frame
         reasons = sorted({x.fields[filters.DROP_REASON] for x in left})
         raise Rejected("unlabeled_instance", f"{len(left)} instance(s) dropped by {reasons} would stay in the "
                                              "image without a subject")
     item.scratch.setdefault("ignore", []).extend([float(v) for v in x.box] for x in left)
-    if len(kept) < rules.min_subjects:
-        raise Rejected("too_few_subjects", f"{len(kept)} < {rules.min_subjects} after filters "
-                                           f"({len(instances)} before; dropped {dict(drops)})")
     return kept
 
 

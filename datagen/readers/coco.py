@@ -155,14 +155,14 @@ def load_sample(item: Item, p: CocoParams) -> Item:
     survivors, drops = filters.filter_boxes(boxes, w, h, p.filters)  # rules (1)-(5) need no mask
     for reason, n in drops.items():
         item.drop(STAGE, reason, n)
+    if len(survivors) < p.min_subjects:
+        raise Rejected("too_few_subjects", f"{len(survivors)} < {p.min_subjects} after the box rules "
+                                           f"({len(boxes)} before; dropped {dict(drops)})")
     left = filters.unlabeled(boxes)
     if left and p.filters.unlabeled == "drop_frame":  # an annotated person without a subject slot
         raise Rejected("unlabeled_instance", f"{len(left)} annotated instance(s) dropped by "
                                              f"{sorted({x.fields[filters.DROP_REASON] for x in left})}")
     item.scratch["ignore"] = [list(x.box) for x in left]
-    if len(survivors) < p.min_subjects:
-        raise Rejected("too_few_subjects", f"{len(survivors)} < {p.min_subjects} after the box rules "
-                                           f"({len(boxes)} before; dropped {dict(drops)})")
     for x in survivors:  # masks only now, for the few that can become subjects
         x.mask = segmentation_mask(x.fields.pop("segmentation"), h, w)
         if x.mask.shape != (h, w):
