@@ -137,7 +137,7 @@ def _filter_frames(item: Item, step: str, keep, p: FilterParams) -> Item:
         left = filters.unlabeled(instances)
         if left:
             unlabeled.add(j)
-            ignore[j] += [[round(v, 2) for v in x.box] for x in left]
+            ignore[j] += [filters.ignore_box(x.box, fr.width, fr.height) for x in left]
     item.scratch["instances"] = kept
     if unlabeled and p.unlabeled == "drop_frame":
         item.drop(step, "frame_unlabeled", len(unlabeled))

@@ -86,6 +86,13 @@ def unlabeled(instances: list[Instance]) -> list[Instance]:
     return [x for x in instances if x.fields.get(DROP_REASON) in UNLABELED]
 
 
+def ignore_box(box: list[float], width: int, height: int) -> list[float]:
+    """An unlabeled instance's box as a frame's ignore region: inside the frame (annotations may overhang it)."""
+    x0, y0, x1, y1 = box
+    return [round(max(0.0, x0), 2), round(max(0.0, y0), 2), round(min(float(width), x1), 2),
+            round(min(float(height), y1), 2)]
+
+
 def _split(instances: list[Instance], keep, reason: str) -> Kept:
     kept = [x for x in instances if keep(x)]
     return kept, _dropped(instances, kept, reason)

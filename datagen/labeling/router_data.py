@@ -87,6 +87,7 @@ def sample(key: str, image: np.ndarray, text: str, kept: list[Instance], provena
                 det_score=None if exact else float(x.score), fields=dict(x.fields))
         for i, x in enumerate(kept)
     ]
-    fields = {"ignore": ignore} if ignore else {}
+    h, w = image.shape[:2]
+    fields = {"ignore": [filters.ignore_box(b, w, h) for b in ignore]} if ignore else {}
     return Sample(key=key, source="router", frames=[Frame(image, text, fields)], subjects=subjects,
                   provenance=provenance, models=models)

@@ -122,6 +122,9 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
         if size and size != (fm.get("width"), fm.get("height")):
             report.add(where, f"{name} is {size[0]}x{size[1]}, meta says {fm.get('width')}x{fm.get('height')}")
         sizes[j] = size
+        for box in fm.get("ignore") or []:  # 2.1
+            if size and not (0 <= box[0] < box[2] <= size[0] and 0 <= box[1] < box[3] <= size[1]):
+                report.add(where, f"frame {j} ignore box {box} outside the frame ({size[0]}x{size[1]})")
     ids = [s.get("id") for s in subjects]
     if len(set(ids)) != len(ids):
         report.add(where, f"duplicate subject ids {ids}")

@@ -174,6 +174,14 @@ def test_pairs_that_break_the_contract(dataset_factory, sample_factory):
     assert any("k0: n_pairs = 2, shard says 3" in v for v in violations)
 
 
+def test_an_ignore_box_outside_its_frame(dataset_factory, sample_factory):
+    s = sample_factory(key="k0")  # 64×48 frames
+    s.frames[0].fields["ignore"] = [[10.0, 10.0, 30.0, 40.0]]
+    s.frames[1].fields["ignore"] = [[50.0, 10.0, 70.0, 40.0]]
+    violations = validate(dataset_factory([[s]])).violations
+    assert violations == ["k0: frame 1 ignore box [50.0, 10.0, 70.0, 40.0] outside the frame (64x48)"]
+
+
 def test_a_manifest_of_a_newer_minor_version_is_refused(dataset):
     manifest = shards.read_manifest(dataset)
     assert validate(dataset).ok  # no format_minor: a 2.0 dataset
