@@ -105,20 +105,24 @@ def masks_at(masks: torch.Tensor | Mapping[object, torch.Tensor], size: tuple[in
 
 
 def routing_loss(maps: Sequence[torch.Tensor], gt_masks: torch.Tensor | Mapping[object, torch.Tensor],
-                 valid: torch.Tensor, weight: float = 0.1) -> torch.Tensor:
+                 valid: torch.Tensor, weight: float = 0.1,
+                 ignore: torch.Tensor | Mapping[object, torch.Tensor] | None = None) -> torch.Tensor:
     """Eq. 4 averaged over layers: λ · (1/N) Σ_i ‖M_i^l − M_i^gt‖², with ‖·‖² the mean over the h·w positions (so
     λ = 0.1 does not depend on the layer's resolution) and N the sample's valid subjects.
 
     maps: soft M^l per layer, (B, N+1, h, w) (the background map, last, is not supervised); gt_masks: (B, N, H, W)
     instance masks of the target at any resolution, or ``{key: (B, N, h, w)}`` per layer resolution; valid (B, N).
-    Samples without subjects add nothing; the loss is their mean over the others.
+    Samples without subjects add nothing; the loss is their mean over the others. ``ignore`` (B, 1, H, W), like
+    ``gt_masks``: positions left out of the mean (instances the data engine dropped without a subject slot, which
+    the background map would otherwise be taught to claim).
     """
     valid = valid.float()
     count = valid.sum(1)
     per_layer = []
     for m in maps:
         gt = masks_at(gt_masks, m.shape[-2:]).to(m.dtype)
-        err = (m[:, :-1] - gt).pow(2).mean((-2, -1)) * valid
+        keep = 1 - masks_at(ignore, m.shape[-2:]).to(m.dtype) if ignore is not None else torch.ones_like(m[:, :1])
+        err = ((m[:, :-1] - gt).pow(2) * keep).sum((-2, -1)) / keep.sum((-2, -1)).clamp(min=1) * valid
         per_layer.append(err.sum(1) / count.clamp(min=1))
     per_sample = torch.stack(per_layer).mean(0)
     has = (count > 0).float()

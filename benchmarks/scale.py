@@ -85,6 +85,10 @@ def ledger_rows(first: int, n: int, t: float, parts_prefix: str = "") -> tuple[p
         "caption": pa.array(["two people walking a dog in a park"] * int(kept.sum())),
         "subject_area_min": pa.array(np.full(kept.sum(), 0.1)), "subject_area_max": pa.array(np.full(kept.sum(), 0.3)),
         "score_det": pa.array(np.full(kept.sum(), 0.5)), "score_match": pa.nulls(int(kept.sum()), pa.float64()),
+        # router samples are one frame: no pairs
+        "n_pairs": pa.array(np.zeros(kept.sum(), np.int32)),
+        "pair_identity_min": pa.nulls(int(kept.sum()), pa.float64()),
+        "pair_change_min": pa.nulls(int(kept.sum()), pa.float64()),
     }, schema=shards.INDEX_SCHEMA)
     return rows, index
 

@@ -28,8 +28,9 @@ def tracked_files() -> list[Path]:
 
 def test_format_doc_names_the_codes_version():
     doc = (ROOT / "docs" / "format.md").read_text()
-    [title] = re.findall(r"^# Shard format v(\d+)$", doc, flags=re.M)
-    assert int(title) == shards.FORMAT_VERSION
+    [title] = re.findall(r"^# Shard format v(\d+\.\d+)$", doc, flags=re.M)
+    assert title == f"{shards.FORMAT_VERSION}.{shards.FORMAT_MINOR}"
+    assert f"`FORMAT_MINOR = {shards.FORMAT_MINOR}`" in doc
     assert f"`FORMAT_VERSION = {shards.FORMAT_VERSION}` in `datagen/shards/__init__.py`" in doc
     assert f"`SAMPLE_VERSION = {shards.SAMPLE_VERSION}`" in doc
     assert f'"version": {shards.SAMPLE_VERSION},' in doc  # the meta.json example

@@ -35,15 +35,25 @@ def fit_target(height: int, width: int, bucket: tuple[int, int], rng: np.random.
     return box, micro
 
 
-def downsample_mask(mask: np.ndarray, box: tuple[float, ...] | None, size: tuple[int, int]) -> np.ndarray:
-    """Area-average the mask (within ``box``) onto an h×w grid and keep cells at least half covered ({0, 1})."""
+def downsample_mask(mask: np.ndarray, box: tuple[float, ...] | None, size: tuple[int, int],
+                    min_cover: float = 0.5) -> np.ndarray:
+    """Area-average the mask (within ``box``) onto an h×w grid and keep cells covered at least ``min_cover``
+    ({0, 1}; half by default)."""
     im = Image.fromarray(mask.astype(np.float32), "F")
     out = np.asarray(im.resize((size[1], size[0]), Image.Resampling.BOX, box=box))
-    return (out >= 0.5).astype(np.float32)
+    return (out >= min_cover).astype(np.float32)
+
+
+def ignore_mask(boxes: list[list[float]], height: int, width: int) -> np.ndarray:
+    """A frame's ``ignore`` region (meta: boxes of instances without a subject) as an H×W mask."""
+    out = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in boxes:
+        out[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+    return out
 
 
 def routing_targets(masks: list[np.ndarray], box: tuple[float, ...], bucket: tuple[int, int], latent_scale: int,
-                    factors: tuple[int, ...]) -> dict[int, np.ndarray]:
+                    factors: tuple[int, ...], min_cover: float = 0.5) -> dict[int, np.ndarray]:
     """Eq. 4's M_gt: each subject's whole target-frame mask, downsampled to every attention grid of the UNet
     (latent / factor). The whole instance is the target even when its reference was cropped (§3.3)."""
     out = {}
@@ -52,7 +62,8 @@ def routing_targets(masks: list[np.ndarray], box: tuple[float, ...], bucket: tup
         if bucket[0] % step or bucket[1] % step:
             raise ValueError(f"bucket {bucket} is not a multiple of {step} (latent scale × attention factor {f})")
         size = (bucket[0] // step, bucket[1] // step)
-        out[f] = np.stack([downsample_mask(m, box, size) for m in masks]) if masks else np.zeros((0, *size))
+        out[f] = (np.stack([downsample_mask(m, box, size, min_cover) for m in masks]) if masks
+                  else np.zeros((0, *size)))
     return out
 
 
@@ -145,6 +156,10 @@ def realize(plan: Plan, params: AugmentParams, factors: tuple[int, ...]) -> dict
         pixels = Image.fromarray(target).resize((bw, bh), Image.Resampling.BICUBIC, box=box)
         routing = routing_targets([mask(plan.target, i) for i, _ in plan.subjects], box, plan.bucket,
                                   params.latent_scale, factors)
+        # any cell an ignored instance touches is left out of the routing loss
+        boxes = plan.meta["frames"][plan.target].get("ignore", [])
+        ignore = routing_targets([ignore_mask(boxes, *target.shape[:2])], box, plan.bucket, params.latent_scale,
+                                 factors, min_cover=1e-6)
         refs = []
         for i, j in plan.subjects:
             canvas, canvas_mask, _ = augment_reference(*segmented_crop(frame(j), mask(j, i), params.margin,
@@ -160,7 +175,9 @@ def realize(plan: Plan, params: AugmentParams, factors: tuple[int, ...]) -> dict
                                  dtype=torch.float32),
         "refs": refs,
         "routing": {f: torch.from_numpy(m) for f, m in routing.items()},
+        "routing_ignore": {f: torch.from_numpy(m) for f, m in ignore.items()},
         "drop": plan.drop,
+        "pair_change": plan.pair_change,
     }
 
 
@@ -172,10 +189,13 @@ def collate(items: list[dict[str, Any]], params: AugmentParams, factors: tuple[i
     ref = torch.zeros(b, n, 3, s, s, dtype=torch.uint8)
     ref_mask = torch.zeros(b, n, 1, m, m)
     valid = torch.zeros(b, n, dtype=torch.bool)
+    change = torch.full((b, n), float("nan"))  # the reference pair's change_score; NaN: self-reference, unmeasured
     routing = {f: torch.zeros(b, n, *items[0]["routing"][f].shape[1:]) for f in factors}
     for k, item in enumerate(items):
         for i, r in enumerate(item["refs"]):
             clip[k, i], ref[k, i], ref_mask[k, i], valid[k, i] = r["clip"], r["ref"], r["ref_mask"], True
+            if item["pair_change"][i] is not None:
+                change[k, i] = item["pair_change"][i]
         for f in factors:
             routing[f][k, : len(item["refs"])] = item["routing"][f]
     return {
@@ -188,5 +208,7 @@ def collate(items: list[dict[str, Any]], params: AugmentParams, factors: tuple[i
         "ref_masks": ref_mask,
         "subject_valid": valid,
         "routing_masks": routing,
+        "routing_ignore": {f: torch.stack([it["routing_ignore"][f] for it in items]) for f in factors},
         "drop_subjects": torch.tensor([it["drop"] for it in items]),
+        "pair_change": change,
     }

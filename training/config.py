@@ -42,6 +42,10 @@ class AugmentParams(Section):
     bucket_step: int = 64
     max_aspect: float = 4.0
     center_crop: bool = False  # SDXL trains with random crops, conditioned on their top-left corner
+    # Which of a subject's other frames is its reference (among the pairs the data engine kept, meta.json
+    # ``pairs``): the one whose view differs most from the target (highest change_score; AnyStory §3.4 pairs
+    # a subject "in a different context" against copy-paste), or any (uniform). 2.0 data has no measures: random.
+    reference: Literal["most_changed", "random"] = "most_changed"
 
 
 class DataConfig(Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,6 +29,8 @@ class Plan:
     bucket: tuple[int, int]  # (height, width) of the target
     drop: bool  # drop the subject conditions of this sample (classifier-free guidance)
     seed: int  # for the augmentations of this sample
+    # per subject: change_score of its (reference, target) pair; None: its own reference, or unmeasured (2.0 data)
+    pair_change: list[float | None] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -58,6 +60,32 @@ def subject_frames(raw: dict[str, Any], meta: dict[str, Any]) -> dict[int, list[
     return {s["id"]: [j for j in range(n) if f"mask.{j}.{s['id']}.png" in raw] for s in meta["subjects"]}
 
 
+def reference_options(subject: int, target: int, frames: list[int],
+                      pairs: list[dict[str, Any]] | None) -> dict[int, float | None]:
+    """Frames that may give ``subject``'s reference for ``target`` → the pair's change_score.
+
+    With measures (meta ``pairs``, format 2.1), only the pairs the data engine kept: a pair its rules dropped
+    (near-duplicate, identity mismatch) is no reference. Without (2.0 data): every other frame, unmeasured."""
+    if pairs is None:
+        return {j: None for j in frames if j != target}
+    out = {}
+    for p in pairs:
+        a, b = p["frames"]
+        if p["subject"] == subject and target in (a, b):
+            out[b if a == target else a] = float(p["change_score"])
+    return out
+
+
+def pick_reference(options: dict[int, float | None], how: str, rng: np.random.Generator) -> int | None:
+    """``most_changed``: the frame of the highest change_score (ties: the first frame); ``random``, or no measures:
+    uniform. None when there is no option (the subject is its own reference)."""
+    if not options:
+        return None
+    if how == "most_changed" and all(c is not None for c in options.values()):
+        return max(sorted(options), key=lambda j: options[j])
+    return int(rng.choice(sorted(options)))
+
+
 def choose(raw: dict[str, Any], params: AugmentParams, buckets: list[tuple[int, int]],
            rng: np.random.Generator) -> Plan | None:
     """The choices for one raw sample; None when no frame shows a subject."""
@@ -70,16 +98,19 @@ def choose(raw: dict[str, Any], params: AugmentParams, buckets: list[tuple[int, 
     present = [i for i, js in frames_of.items() if target in js]
     if len(present) > params.max_subjects:
         present = sorted(rng.choice(present, params.max_subjects, replace=False).tolist())
-    subjects = []
+    subjects, changes = [], []
     for i in present:
-        others = [j for j in frames_of[i] if j != target]
-        subjects.append((i, int(rng.choice(others)) if others else target))
+        options = reference_options(i, target, frames_of[i], meta.get("pairs"))
+        ref = pick_reference(options, params.reference, rng)
+        subjects.append((i, target if ref is None else ref))
+        changes.append(None if ref is None else options[ref])
     frame = meta["frames"][target]
     return Plan(
         raw=raw,
         meta=meta,
         target=target,
         subjects=subjects,
+        pair_change=changes,
         bucket=nearest_bucket(frame["height"], frame["width"], buckets),
         drop=bool(rng.random() < params.drop_rate),
         seed=int(rng.integers(2**63)),

@@ -159,7 +159,8 @@ def step_losses(model: torch.nn.Module, frozen: Frozen, batch: dict[str, Any], s
     diffusion = F.mse_loss(out.noise_pred.float(), target.float())
     terms = {"diffusion": diffusion}
     if stage == 2:
-        terms["routing"] = routing_loss([m.float() for m in out.routing_maps], gt, subjects.valid, routing_weight)
+        terms["routing"] = routing_loss([m.float() for m in out.routing_maps], gt, subjects.valid, routing_weight,
+                                        batch.get("routing_ignore"))
     terms["loss"] = sum(terms.values())
     return terms, out
 

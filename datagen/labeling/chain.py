@@ -18,11 +18,13 @@ import numpy as np
 from datagen.labeling import entities
 from datagen.labeling import filters
 from datagen.labeling import matching
+from datagen.labeling import pairs as pair_measures
 from datagen.labeling.captions import CaptionParams, Captioner
 from datagen.labeling.detection import DetectionParams, Detector
 from datagen.labeling.entities import EntityParams
 from datagen.labeling.filters import FilterParams, Instance
 from datagen.labeling.matching import Embedder, MatchParams
+from datagen.labeling.pairs import PairRules
 from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.labeling.segmentation import SegmentationParams, Segmenter
@@ -41,6 +43,7 @@ class LabelingParams(Params):
     matching: MatchParams = MatchParams()
     # web and phone video: 360p (640×360) is the lowest common resolution worth a 1024² target
     filters: FilterParams = FilterParams(min_image_side=360)
+    pairs: PairRules = PairRules()
 
 
 def _sample(item: Item) -> Sample:
@@ -105,21 +108,47 @@ class DetectSubjects:
         return items
 
 
-def _filter_frames(item: Item, step: str, keep) -> Item:
-    """Apply ``keep(instances, frame) -> (survivors, drops)`` to every frame, counting drops under ``step``."""
-    kept = []
-    for fr, instances in zip(_sample(item).frames, item.scratch["instances"]):
+MIN_FRAMES = 2  # a video sample is 2–5 frames of one shot
+
+
+def _drop_frames(item: Item, step: str, drop: set[int]) -> None:
+    """Remove frames (and their per-frame scratch) from the item's sample; fewer than MIN_FRAMES left rejects it."""
+    sample = _sample(item)
+    keep = [j for j in range(len(sample.frames)) if j not in drop]
+    if len(keep) < MIN_FRAMES:
+        raise Rejected("too_few_frames", f"{len(keep)} of {len(sample.frames)} frames left after {step}; "
+                                         f"dropped {dict(item.drops)}")
+    sample.frames = [sample.frames[j] for j in keep]
+    for name, per_frame in item.scratch.items():  # phrases, instances, ignore: lists over the frames
+        item.scratch[name] = [per_frame[j] for j in keep]
+
+
+def _filter_frames(item: Item, step: str, keep, p: FilterParams) -> Item:
+    """Apply ``keep(instances, frame) -> (survivors, drops)`` to every frame, counting drops under ``step``.
+
+    A frame where a rule dropped a real instance (``filters.UNLABELED``) is dropped (``<step>/frame_unlabeled``)
+    or, with ``p.unlabeled = ignore``, keeps the instances' boxes as its ignore region (scratch ``ignore``)."""
+    kept, unlabeled = [], set()
+    ignore = item.scratch.setdefault("ignore", [[] for _ in _sample(item).frames])
+    for j, (fr, instances) in enumerate(zip(_sample(item).frames, item.scratch["instances"])):
         survivors, drops = keep(instances, fr)
         _count(item, step, drops)
         kept.append(survivors)
+        left = filters.unlabeled(instances)
+        if left:
+            unlabeled.add(j)
+            ignore[j] += [filters.ignore_box(x.box, fr.width, fr.height) for x in left]
     item.scratch["instances"] = kept
+    if unlabeled and p.unlabeled == "drop_frame":
+        item.drop(step, "frame_unlabeled", len(unlabeled))
+        _drop_frames(item, step, unlabeled)
     _require_instances(item, step)
     return item
 
 
 def filter_boxes(item: Item, p: FilterParams) -> Item:
     """B.1 rules (1)–(5), per frame, before segmentation (SAM runs only on boxes that can survive)."""
-    return _filter_frames(item, "filter_boxes", lambda xs, fr: filters.filter_boxes(xs, fr.width, fr.height, p))
+    return _filter_frames(item, "filter_boxes", lambda xs, fr: filters.filter_boxes(xs, fr.width, fr.height, p), p)
 
 
 class SegmentSubjects:
@@ -138,7 +167,7 @@ class SegmentSubjects:
 
 def filter_masks(item: Item, p: FilterParams) -> Item:
     """B.1 rule (6): a mask covering less than ``min_mask_box_ratio`` of its box is dropped."""
-    return _filter_frames(item, "filter_masks", lambda xs, fr: filters.by_mask_box_ratio(xs, p))
+    return _filter_frames(item, "filter_masks", lambda xs, fr: filters.by_mask_box_ratio(xs, p), p)
 
 
 class EmbedSubjects:
@@ -158,18 +187,60 @@ class EmbedSubjects:
         return items
 
 
+class MeasurePairs:
+    """Pair measures for samples whose subjects are matched by annotation (DeepFashion2's shop/consumer styles):
+    identity from the matcher's embedder on the masked crops, then ``rules``. A sample whose pairs all fail is
+    dropped (``pairs/<reason>`` counts its pairs, ``pairs/sample_<reason>`` the sample); a unit left without
+    samples is rejected with that reason."""
+
+    def __init__(self, spec: ModelSpec, params: MatchParams, rules: PairRules):
+        self.embedder = Embedder(spec, params)
+        self.rules = rules
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        crops, slots = [], []
+        for it in items:
+            for sample in it.samples:
+                for k, s in enumerate(sample.subjects):
+                    for j in sorted(s.masks):
+                        crops.append(matching.masked_crop(sample.frames[j].image, s.masks[j], s.box(j)))
+                        slots.append((id(sample), k, j))
+        row = {slot: n for n, slot in enumerate(slots)}
+        emb = self.embedder(crops)
+        for it in items:
+            kept, reason = [], ""
+            for sample in it.samples:
+                def identity(k: int, a: int, b: int, key: int = id(sample)) -> float:
+                    return float(emb[row[key, k, a]] @ emb[row[key, k, b]])
+
+                try:
+                    pair_measures.keep_pairs(sample, pair_measures.measure(sample, identity), self.rules,
+                                             lambda r, n, it=it: it.drop("pairs", r, n))
+                    kept.append(sample)
+                except Rejected as e:
+                    it.drop("pairs", f"sample_{e.reason}")
+                    reason = e.reason
+            if it.samples and not kept:
+                raise Rejected(reason, f"every sample lost its pairs; dropped {dict(it.drops)}")
+            it.samples = kept
+        return items
+
+
 def _phrase(members: list[Instance]) -> str:
     """The track's most frequent phrase, ties to the best-scored detection."""
     counts = Counter(x.phrase for x in members)
     return max(members, key=lambda x: (counts[x.phrase], x.score)).phrase
 
 
-def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None) -> Item:
-    """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``).
+def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None,
+                   rules: PairRules | None = None) -> Item:
+    """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``) and their pairs.
 
     A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``); a clip
     where no subject is seen in two frames is rejected (``no_match``) unless ``p.self_references``.
     Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones.
+    Every matched subject's frame pairs are measured (``pairs.measure``: identity from the embeddings already
+    computed for matching); with ``rules``, pairs failing them are dropped (``pairs/<reason>``).
     """
     sample = _sample(item)
     instances = item.scratch["instances"]
@@ -196,8 +267,20 @@ def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | 
         ))
     matched = [s.match_score for s in subjects if s.match_score is not None]
     sample.subjects = subjects
+    for fr, boxes in zip(sample.frames, item.scratch.get("ignore", [])):
+        if boxes:  # p.unlabeled = ignore: instances without a subject, left out of the routing loss
+            fr.fields["ignore"] = boxes
     sample.models = dict(models or {})
     # how many subjects matched is in the subjects themselves (match_score not null): not a score of its own
     sample.scores = {"det": min(s.det_score for s in subjects), "match": float(np.mean(matched)) if matched else 0.0}
+    embeddings = item.scratch["embeddings"]
+
+    def identity(k: int, a: int, b: int) -> float:
+        members = groups[k][0].members
+        return float(embeddings[a][members[a]] @ embeddings[b][members[b]])
+
+    sample.pairs = pair_measures.measure(sample, identity)
+    if rules is not None:
+        pair_measures.keep_pairs(sample, sample.pairs, rules, lambda reason, n: item.drop("pairs", reason, n))
     item.scratch.clear()  # nothing downstream needs it: keep it out of the writer's transfer
     return item

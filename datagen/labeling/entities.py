@@ -5,8 +5,12 @@
 numbers and possessives stripped ("a small white dog" → "small white dog"), pronouns and scene words dropped,
 named people replaced by their class ("Grace Hopper" → "person": a detector grounds classes, not names),
 de-duplicated by lemma ("dogs" = "dog"), in caption order. ``extract`` also returns the phrases it dropped by
-reason: Subject-Diffusion B.1 rule (7) drops entities that are groups ("crowd", "team") or human body parts
-("hand", "face"); those are ``group`` and ``body_part`` drops, counted by the labeling chain.
+reason: Subject-Diffusion B.1 rule (7) drops entities that are groups of people ("crowd", "team") or body parts
+of a person or animal ("hand", "face"); those are ``group`` and ``body_part`` drops, counted by the labeling
+chain. The test is on the parse, not the word alone: a part word belongs to its owner ("the car's body", "the body
+of the guitar", "a clock face" are things; "his hand", "a hand" are a person's), and a collective word ("set",
+"stack", "band", "line") is a group only when it is "of" people or animals ("a line of people", not "a stack of
+books", "a tea set", "a rubber band").
 """
 
 from __future__ import annotations
@@ -36,11 +40,24 @@ BODY_PARTS = [
     "stomach", "torso", "back", "skin", "beard", "mustache", "moustache", "eyebrow", "forehead", "cheek", "chin",
     "palm", "fist", "hip", "waist", "body",
 ]
+# Nouns that always name a group of people or animals.
 GROUPS = [
-    "crowd", "group", "team", "audience", "family", "couple", "band", "army", "troop", "squad", "crew", "class",
-    "herd", "flock", "pack", "swarm", "school", "fleet", "bunch", "pile", "stack", "row", "line", "set",
-    "collection", "gathering", "party", "choir", "orchestra", "congregation", "queue",
+    "crowd", "group", "team", "audience", "family", "couple", "army", "troop", "squad", "crew", "herd", "flock",
+    "swarm", "fleet", "gathering", "party", "choir", "orchestra", "congregation", "queue",
 ]
+# Nouns that name a group only "of" people or animals ("a band of musicians"), else one thing ("a rubber band").
+COLLECTIVES = ["band", "bunch", "pile", "stack", "row", "line", "set", "collection", "pack", "school", "class"]
+# People and animals, as owners of body parts and members of groups. A short list (the captions' common words):
+# no relation database ships inside a registry wheel (WordNet needs a corpus download), see README "Phrases".
+ANIMATE = [
+    "person", "people", "man", "woman", "child", "kid", "boy", "girl", "baby", "toddler", "adult", "teenager",
+    "guy", "lady", "gentleman", "player", "athlete", "student", "worker", "musician", "dancer", "singer",
+    "soldier", "officer", "friend", "tourist", "customer", "spectator", "fan", "rider", "skier", "surfer",
+    "animal", "dog", "puppy", "cat", "kitten", "horse", "cow", "sheep", "goat", "pig", "bird", "duck", "goose",
+    "chicken", "fish", "elephant", "giraffe", "zebra", "bear", "lion", "tiger", "monkey", "deer", "rabbit",
+]
+PERSONAL = {"i", "you", "he", "she", "we", "they", "my", "your", "his", "her", "our", "their", "me", "him", "us",
+            "them"}
 
 
 class EntityParams(Params):
@@ -52,6 +69,8 @@ class EntityParams(Params):
     max_phrases: int = 8
     body_parts: list[str] = BODY_PARTS  # B.1 (7): head lemmas dropped as body_part ([] keeps them)
     groups: list[str] = GROUPS  # B.1 (7): head lemmas dropped as group ([] keeps them)
+    collectives: list[str] = COLLECTIVES  # B.1 (7): head lemmas dropped as group when "of" people or animals
+    animate: list[str] = ANIMATE  # lemmas of people and animals (owners of parts, members of groups)
 
 
 @lru_cache(maxsize=2)
@@ -67,6 +86,31 @@ def load(name: str):
         return spacy.load(FALLBACKS[name])
 
 
+def _owner(root):
+    """The noun a part belongs to or a collective is made of: "the car's body" (poss), "the body of the car",
+    "a group of people" (of-object), "a clock face" (compound); None when the phrase names none."""
+    for child in root.children:
+        if child.dep_ in ("poss", "compound"):
+            return child
+        if child.dep_ == "prep" and child.lower_ == "of":
+            for obj in child.children:
+                if obj.dep_ == "pobj":
+                    return obj
+    return None
+
+
+def _rule7(root, lemma: str, p: EntityParams, entity_of: dict[int, str]) -> str | None:
+    """B.1 rule (7)'s reason to drop the phrase headed by ``root``, or None."""
+    owner = _owner(root)
+    animate = owner is not None and (owner.lemma_.lower() in p.animate or owner.lower_ in PERSONAL
+                                     or entity_of.get(owner.i) == "PERSON")
+    if lemma in p.body_parts and (owner is None or animate):
+        return "body_part"
+    if lemma in p.groups or (lemma in p.collectives and animate):
+        return "group"
+    return None
+
+
 def phrases(caption: str, params: EntityParams | None = None) -> list[str]:
     return extract(caption, params)[0]
 
@@ -77,7 +121,6 @@ def extract(caption: str, params: EntityParams | None = None) -> tuple[list[str]
     doc = load(p.model)(caption)
     entity_of = {t.i: ent.label_ for ent in doc.ents for t in ent}
     allow, deny = {w.lower() for w in p.allow}, {w.lower() for w in p.deny}
-    rule7 = {**{w.lower(): "group" for w in p.groups}, **{w.lower(): "body_part" for w in p.body_parts}}
     dropped: dict[str, str] = {}  # lemma key → reason, each noun counted once as phrases are
     out: dict[str, str] = {}  # lemma key → phrase, first occurrence wins
     for chunk in doc.noun_chunks:
@@ -89,8 +132,8 @@ def extract(caption: str, params: EntityParams | None = None) -> tuple[list[str]
         elif root.pos_ in ("PRON", "PROPN"):
             continue  # "it", "they"; names of things the detector cannot ground
         else:
-            words = [t for t in chunk if t.pos_ not in ("DET", "PRON", "NUM", "PUNCT") and t.dep_ != "poss"
-                     and t.i <= root.i][-p.max_words:]
+            words = [t for t in chunk if t.pos_ not in ("DET", "PRON", "NUM", "PUNCT")
+                     and t.dep_ not in ("poss", "case") and t.i <= root.i][-p.max_words:]  # case: the 's
             if not words or root not in words:
                 continue
             phrase = " ".join(t.text.lower() for t in words)
@@ -98,8 +141,9 @@ def extract(caption: str, params: EntityParams | None = None) -> tuple[list[str]
             lemma = root.lemma_.lower()
         if lemma in deny or (allow and lemma not in allow):
             continue
-        if lemma in rule7:
-            dropped.setdefault(key, rule7[lemma])
+        reason = _rule7(chunk.root, lemma, p, entity_of) if label not in p.entity_phrases else None
+        if reason:
+            dropped.setdefault(key, reason)
             continue
         out.setdefault(key, phrase)
     return list(out.values())[: p.max_phrases], Counter(dropped.values())

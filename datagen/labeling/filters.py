@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +31,18 @@ class FilterParams(Params):
     # 4x. Each source sets its own (README "Filters").
     min_image_side: int = 256
     max_subjects: int = 4  # MS-Diffusion: at most 4 subjects per sample
+    # A frame holding an instance a rule below dropped (``UNLABELED``) has a person or object without a subject
+    # slot: the routing loss would teach it as background. drop_frame: the frame goes (a sample when fewer than
+    # its minimum frames remain, ``unlabeled_instance``); ignore: it stays, the instances' boxes recorded as the
+    # frame's ``ignore`` region, which the trainer leaves out of the routing loss.
+    unlabeled: Literal["drop_frame", "ignore"] = "drop_frame"
+
+
+# Reasons whose drop leaves a real instance in the frame: B.1 (1) aspect, (2) area, (4) repeats, (6) mask/box
+# ratio and the subject cap. Not (5) a low score (maybe no instance at all) nor (3) a duplicate (its twin is kept).
+UNLABELED = ("box_aspect", "box_area_small", "box_area_large", "phrase_repeated", "mask_box_ratio",
+             "too_many_subjects")
+DROP_REASON = "drop_reason"  # Instance.fields key a rule sets on the instances it drops
 
 
 @dataclass
@@ -60,9 +72,30 @@ def box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _dropped(instances: list[Instance], kept: list[Instance], reason: str) -> Counter:
+    """Tag the instances not kept with ``reason`` (``unlabeled`` reads it) and count them."""
+    ids = set(map(id, kept))
+    for x in instances:
+        if id(x) not in ids:
+            x.fields[DROP_REASON] = reason
+    return Counter({reason: len(instances) - len(kept)}) if len(kept) < len(instances) else Counter()
+
+
+def unlabeled(instances: list[Instance]) -> list[Instance]:
+    """The instances a rule in ``UNLABELED`` dropped: real instances left without a subject."""
+    return [x for x in instances if x.fields.get(DROP_REASON) in UNLABELED]
+
+
+def ignore_box(box: list[float], width: int, height: int) -> list[float]:
+    """An unlabeled instance's box as a frame's ignore region: inside the frame (annotations may overhang it)."""
+    x0, y0, x1, y1 = box
+    return [round(max(0.0, x0), 2), round(max(0.0, y0), 2), round(min(float(width), x1), 2),
+            round(min(float(height), y1), 2)]
+
+
 def _split(instances: list[Instance], keep, reason: str) -> Kept:
     kept = [x for x in instances if keep(x)]
-    return kept, Counter({reason: len(instances) - len(kept)}) if len(kept) < len(instances) else Counter()
+    return kept, _dropped(instances, kept, reason)
 
 
 def by_score(instances: list[Instance], p: FilterParams) -> Kept:
@@ -97,8 +130,7 @@ def by_duplicates(instances: list[Instance], p: FilterParams) -> Kept:
             kept.append(x)
     order = {id(x): i for i, x in enumerate(instances)}
     kept.sort(key=lambda x: order[id(x)])
-    dropped = len(instances) - len(kept)
-    return kept, Counter({"duplicate_iou": dropped}) if dropped else Counter()
+    return kept, _dropped(instances, kept, "duplicate_iou")
 
 
 def by_mask_box_ratio(instances: list[Instance], p: FilterParams) -> Kept:
@@ -146,4 +178,4 @@ def cap_subjects(instances: list[Instance], p: FilterParams) -> Kept:
         return instances, Counter()
     largest = set(map(id, sorted(instances, key=lambda x: -x.box_area)[: p.max_subjects]))
     kept = [x for x in instances if id(x) in largest]
-    return kept, Counter({"too_many_subjects": len(instances) - len(kept)})
+    return kept, _dropped(instances, kept, "too_many_subjects")

@@ -49,6 +49,12 @@ def select(item: Item, stage: str, instances: list[Instance], width: int, height
     if len(kept) < rules.min_subjects:
         raise Rejected("too_few_subjects", f"{len(kept)} < {rules.min_subjects} after filters "
                                            f"({len(instances)} before; dropped {dict(drops)})")
+    left = filters.unlabeled(instances)
+    if left and rules.filters.unlabeled == "drop_frame":  # the image is the sample's one frame
+        reasons = sorted({x.fields[filters.DROP_REASON] for x in left})
+        raise Rejected("unlabeled_instance", f"{len(left)} instance(s) dropped by {reasons} would stay in the "
+                                             "image without a subject")
+    item.scratch.setdefault("ignore", []).extend([float(v) for v in x.box] for x in left)
     return kept
 
 
@@ -70,15 +76,18 @@ def caption(phrases: list[str]) -> str:
 
 
 def sample(key: str, image: np.ndarray, text: str, kept: list[Instance], provenance: dict[str, Any],
-           models: dict[str, Any], exact: bool) -> Sample:
+           models: dict[str, Any], exact: bool, ignore: list[list[float]] | None = None) -> Sample:
     """One router sample: a single frame, one subject per kept instance (``fields`` go to meta.json).
 
-    ``exact``: the instances come from annotations (no detection score to record).
+    ``exact``: the instances come from annotations (no detection score to record). ``ignore``: boxes of instances
+    the rules dropped (``FilterParams.unlabeled = ignore``), the frame's region the routing loss leaves out.
     """
     subjects = [
         Subject(id=i, phrase=x.phrase, masks={0: x.mask}, boxes={0: [float(v) for v in x.box]},
                 det_score=None if exact else float(x.score), fields=dict(x.fields))
         for i, x in enumerate(kept)
     ]
-    return Sample(key=key, source="router", frames=[Frame(image, text)], subjects=subjects,
+    h, w = image.shape[:2]
+    fields = {"ignore": [filters.ignore_box(b, w, h) for b in ignore]} if ignore else {}
+    return Sample(key=key, source="router", frames=[Frame(image, text, fields)], subjects=subjects,
                   provenance=provenance, models=models)

@@ -158,6 +158,11 @@ def load_sample(item: Item, p: CocoParams) -> Item:
     if len(survivors) < p.min_subjects:
         raise Rejected("too_few_subjects", f"{len(survivors)} < {p.min_subjects} after the box rules "
                                            f"({len(boxes)} before; dropped {dict(drops)})")
+    left = filters.unlabeled(boxes)
+    if left and p.filters.unlabeled == "drop_frame":  # an annotated person without a subject slot
+        raise Rejected("unlabeled_instance", f"{len(left)} annotated instance(s) dropped by "
+                                             f"{sorted({x.fields[filters.DROP_REASON] for x in left})}")
+    item.scratch["ignore"] = [list(x.box) for x in left]
     for x in survivors:  # masks only now, for the few that can become subjects
         x.mask = segmentation_mask(x.fields.pop("segmentation"), h, w)
         if x.mask.shape != (h, w):
@@ -165,6 +170,8 @@ def load_sample(item: Item, p: CocoParams) -> Item:
                                                  f"image {h}x{w}")
     kept = router_data.select(item, STAGE, survivors, w, h, p)  # the box rules again drop none of them
     size = (image.shape[1], image.shape[0])
+    sx, sy = size[0] / w, size[1] / h  # ignore boxes, like the annotations, are in the original's pixels
+    ignore = [[x0 * sx, y0 * sy, x1 * sx, y1 * sy] for x0, y0, x1, y1 in item.scratch.pop("ignore")]
     item.samples = [router_data.sample(
         key=stable_key("coco", f"{ref['dataset']}/{ref['file_name']}"),
         image=image,
@@ -174,5 +181,6 @@ def load_sample(item: Item, p: CocoParams) -> Item:
                     "license": ref.get("license"), "original_size": [w, h]},
         models={"captioner": "category_names"},
         exact=True,
+        ignore=ignore,
     )]
     return item

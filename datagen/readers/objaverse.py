@@ -25,6 +25,7 @@ from pydantic import Field
 
 from datagen.labeling import captions as captioning
 from datagen.labeling import entities
+from datagen.labeling import pairs
 from datagen.models import ModelSpec
 from datagen.params import Params
 from datagen.render import RenderParams
@@ -287,8 +288,13 @@ def render_unit(item: Item, p: ObjaverseParams) -> Item:
     provenance = {"uid": ref.get("uid"), "sha1": ref.get("sha1"), "file": os.path.basename(path),
                   **{k: ref["meta"].get(k) for k in ("name", "tags", "categories", "license", "url")},
                   "mesh": {k: v for k, v in views.info.items() if not k.endswith("_s")}}
-    item.samples = [Sample(key=sample_key(ref), source=KIND, frames=frames, subjects=[subject], provenance=provenance,
-                           models={"renderer": views.info["renderer"], "captioner": "metadata"})]
+    sample = Sample(key=sample_key(ref), source=KIND, frames=frames, subjects=[subject], provenance=provenance,
+                    models={"renderer": views.info["renderer"], "captioner": "metadata"})
+    # One object in every view: identity 1 by construction, the views' change measured from masks and cameras. The
+    # pair rules have nothing to drop here (identity is exact; the default rig puts views >= 30 degrees apart, a
+    # change_score >= 0.17 from the view term alone).
+    sample.pairs = pairs.measure(sample)
+    item.samples = [sample]
     return item
 
 

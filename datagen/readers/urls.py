@@ -142,7 +142,8 @@ def persons(item: Item, rules: PersonParams, models: dict[str, Any]) -> Item:
     [found] = item.scratch.pop("instances")
     kept = router_data.select(item, "persons", found, frame.width, frame.height, rules)
     text = frame.caption or router_data.caption([x.phrase for x in kept])
-    sample = router_data.sample(draft.key, frame.image, text, kept, draft.provenance, models, exact=False)
+    sample = router_data.sample(draft.key, frame.image, text, kept, draft.provenance, models, exact=False,
+                                ignore=item.scratch.get("ignore"))
     sample.scores = {"det": min(s.det_score for s in sample.subjects)}
     item.samples = [sample]
     item.scratch.clear()

@@ -1,4 +1,4 @@
-"""Shard format v2 (the contract written out in docs/format.md): samples, their WebDataset encoding,
+"""Shard format v2.1 (the contract written out in docs/format.md): samples, their WebDataset encoding,
 the size-capped atomic shard writer, and the dataset-level files (index, quarantine, manifest).
 
 A dataset directory holds ``shards/<source>-<NNNNNN>.tar``, ``index.parquet``, ``quarantine.parquet``
@@ -34,6 +34,9 @@ import webdataset as wds
 from PIL import Image
 
 FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
+# Additive changes within a version (manifest.json ``format_minor``, 0 when absent); readers of 2.x read 2.0 data.
+# 2.1: per-pair measures (meta.json ``pairs``, index ``n_pairs``, ``pair_identity_min``, ``pair_change_min``)
+FORMAT_MINOR = 1
 SAMPLE_VERSION = 1  # meta.json of a sample
 KINDS = ("video", "objaverse", "image", "router")
 SHARDS_DIR = "shards"
@@ -46,6 +49,7 @@ INDEX_COLUMNS = (
 )
 QUARANTINE_COLUMNS = ("unit_id", "stage", "reason", "detail")
 SCORES = ("det", "match")  # the per-stage scores a sample may carry: index columns score_<name>, one schema
+PAIR_COLUMNS = ("n_pairs", "pair_identity_min", "pair_change_min")  # 2.1: summary of meta.json ``pairs``
 MANIFEST_FIELDS = (
     "format_version", "config", "config_hash", "code_version", "models", "synthetic_models", "counts",
     "start_time", "end_time",
@@ -100,7 +104,8 @@ class Subject:
 
 @dataclass
 class Sample:
-    """A group of frames of the same subjects (docs/format.md). ``scores`` become ``score_<name>`` index columns."""
+    """A group of frames of the same subjects (docs/format.md). ``scores`` become ``score_<name>`` index columns;
+    ``pairs`` are the per-pair measures of ``datagen.labeling.pairs`` (one dict per subject seen in two frames)."""
 
     key: str
     source: str
@@ -109,6 +114,7 @@ class Sample:
     provenance: dict[str, Any] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    pairs: list[dict[str, Any]] | None = None  # None: not measured (see ``pairs_of``)
 
 
 class FormatError(ValueError):
@@ -154,6 +160,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def pairs_of(sample: Sample) -> list[dict[str, Any]] | None:
+    """meta.json's ``pairs``: the measured ones; ``[]`` when no subject is in two frames (nothing to measure, e.g.
+    router samples); None when a sample with such subjects was not measured (the key is left out, as in 2.0)."""
+    if sample.pairs is not None:
+        return sample.pairs
+    return None if any(len(s.masks) > 1 for s in sample.subjects) else []
+
+
 def sample_meta(sample: Sample) -> dict[str, Any]:
     """The ``meta.json`` document of a sample."""
     frames = [
@@ -170,7 +184,7 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         }
         for s in sample.subjects
     ]
-    return {
+    meta = {
         "version": SAMPLE_VERSION,
         "source": sample.source,
         "frames": frames,
@@ -179,6 +193,10 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         "models": sample.models,
         "scores": sample.scores,
     }
+    pairs = pairs_of(sample)
+    if pairs is not None:
+        meta["pairs"] = pairs
+    return meta
 
 
 def check_sample(sample: Sample) -> None:
@@ -198,6 +216,11 @@ def check_sample(sample: Sample) -> None:
     for fr in sample.frames:
         if fr.image.ndim != 3 or fr.image.shape[2] != 3:
             raise FormatError(f"{sample.key}: frame must be H×W×3, got {fr.image.shape}")
+    frames_of = {s.id: set(s.masks) | set(s.boxes) for s in sample.subjects}
+    for p in sample.pairs or []:
+        a, b = p["frames"]
+        if a == b or not {a, b} <= frames_of.get(p["subject"], set()):
+            raise FormatError(f"{sample.key}: pair {p['subject']}@{p['frames']} is not a subject seen in two frames")
     for s in sample.subjects:
         for j, m in s.masks.items():
             if not 0 <= j < len(sample.frames):
@@ -261,10 +284,24 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         provenance=meta.get("provenance", {}),
         models=meta.get("models", {}),
         scores=meta.get("scores", {}),
+        pairs=meta.get("pairs"),  # absent before 2.1
     )
 
 
 _SUBJECT_KEYS = ("id", "phrase", "boxes", "det_score", "match_score")
+
+
+def pair_summary(pairs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The index's pair columns: how many pairs, the least identical pair's identity and the least changed pair's
+    ``change_score`` (null without pairs; all null when not measured), so ``pair_change_min < 0.1`` finds the
+    samples holding a near copy."""
+    if pairs is None:
+        return dict.fromkeys(PAIR_COLUMNS)
+    return {
+        "n_pairs": len(pairs),
+        "pair_identity_min": min((float(p["identity"]) for p in pairs), default=None),
+        "pair_change_min": min((float(p["change_score"]) for p in pairs), default=None),
+    }
 
 
 def index_row(sample: Sample, shard: str) -> dict[str, Any]:
@@ -286,6 +323,7 @@ def index_row(sample: Sample, shard: str) -> dict[str, Any]:
         "subject_area_max": max(areas) if areas else None,
     }
     row.update({f"score_{k}": float(v) for k, v in sample.scores.items()})
+    row.update(pair_summary(pairs_of(sample)))
     return row
 
 
@@ -474,6 +512,8 @@ INDEX_SCHEMA = pa.schema([
     ("n_subjects", pa.int32()), ("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()),
     ("subject_area_min", pa.float64()), ("subject_area_max", pa.float64()),
     *[(f"score_{n}", pa.float64()) for n in SCORES],
+    # 2.1; rows of 2.0 files read as null through this schema
+    ("n_pairs", pa.int32()), ("pair_identity_min", pa.float64()), ("pair_change_min", pa.float64()),
 ])
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in (*QUARANTINE_COLUMNS, "source", "kind")])
 _SCHEMAS = {INDEX_FILE: INDEX_SCHEMA, QUARANTINE_FILE: QUARANTINE_SCHEMA}

@@ -1,4 +1,4 @@
-"""``python -m datagen.shards validate DIR``: check a dataset directory against the shard format (v2).
+"""``python -m datagen.shards validate DIR``: check a dataset directory against the shard format (v2.1).
 
 Checks every tar (readable, names parse, a sample's files adjacent), every sample (meta.json present and of
 version 1, frames 0…F−1 decode at the sizes meta states, masks are 8-bit, of their frame's size and name a
@@ -42,9 +42,10 @@ class Report:
         head = (f"{self.dataset}: {self.shards} shards, {self.samples} samples "
                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.per_source.items())) or 'none'})")
         if self.ok and not self.samples:  # every unit quarantined, or --limit 0: valid, and worth saying
-            return f"{head}\nOK: empty dataset (no samples), shard format v{shards.FORMAT_VERSION}, no violations"
+            return (f"{head}\nOK: empty dataset (no samples), shard format "
+                    f"v{shards.FORMAT_VERSION}.{shards.FORMAT_MINOR}, no violations")
         if self.ok:
-            return f"{head}\nOK: shard format v{shards.FORMAT_VERSION}, no violations"
+            return f"{head}\nOK: shard format v{shards.FORMAT_VERSION}.{shards.FORMAT_MINOR}, no violations"
         listed = self.violations[:_MAX_LISTED]
         more = len(self.violations) - len(listed)
         tail = [f"  ... and {more} more"] if more else []
@@ -121,6 +122,9 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
         if size and size != (fm.get("width"), fm.get("height")):
             report.add(where, f"{name} is {size[0]}x{size[1]}, meta says {fm.get('width')}x{fm.get('height')}")
         sizes[j] = size
+        for box in fm.get("ignore") or []:  # 2.1
+            if size and not (0 <= box[0] < box[2] <= size[0] and 0 <= box[1] < box[3] <= size[1]):
+                report.add(where, f"frame {j} ignore box {box} outside the frame ({size[0]}x{size[1]})")
     ids = [s.get("id") for s in subjects]
     if len(set(ids)) != len(ids):
         report.add(where, f"duplicate subject ids {ids}")
@@ -135,6 +139,13 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
             x0, y0, x1, y1 = box
             if not (0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]):
                 report.add(where, f"subject {s.get('id')} box {box} outside frame {j} ({size[0]}x{size[1]})")
+    for p in meta.get("pairs") or []:  # 2.1: each pair is one subject with a mask in both of its frames
+        masks = [f"mask.{j}.{p.get('subject')}.png" for j in p.get("frames", [])]
+        if len(set(masks)) != 2 or not all(m in files for m in masks):
+            report.add(where, f"pair {p.get('subject')}@{p.get('frames')}: the subject is not masked in two frames")
+        if not 0.0 <= p.get("change_score", -1) <= 1.0:
+            report.add(where, f"pair {p.get('subject')}@{p.get('frames')}: change_score {p.get('change_score')!r} "
+                              "outside [0, 1]")
     for name, data in files.items():
         if name == "meta.json" or shards.FRAME_FILE.match(name):
             if name != "meta.json" and int(shards.FRAME_FILE.match(name)["j"]) >= len(frames):
@@ -222,6 +233,8 @@ def _check_index(dataset: str, found: dict[str, tuple[str, dict[str, Any]]], rep
         expect = {"shard": shard, "source": meta.get("source"), "n_frames": len(meta["frames"]),
                   "n_subjects": len(meta["subjects"]), "width": meta["frames"][0].get("width"),
                   "height": meta["frames"][0].get("height")}
+        if row.get("n_pairs") is not None or meta.get("pairs") is not None:  # both absent before 2.1
+            expect.update(shards.pair_summary(meta.get("pairs")))
         for col, value in expect.items():
             if row[col] != value:
                 report.add(shards.INDEX_FILE, f"{row['key']}: {col} = {row[col]!r}, shard says {value!r}")
@@ -243,6 +256,9 @@ def _check_quarantine_and_manifest(dataset: str, n_samples: int, report: Report)
     if manifest.get("format_version") != shards.FORMAT_VERSION:
         report.add(shards.MANIFEST_FILE, f"format_version {manifest.get('format_version')!r}, "
                                          f"expected {shards.FORMAT_VERSION}")
+    if not 0 <= manifest.get("format_minor", 0) <= shards.FORMAT_MINOR:
+        report.add(shards.MANIFEST_FILE, f"format_minor {manifest.get('format_minor')!r}, this reader knows "
+                                         f"{shards.FORMAT_VERSION}.0 to {shards.FORMAT_VERSION}.{shards.FORMAT_MINOR}")
     for fld in shards.MANIFEST_FIELDS:
         if fld not in manifest:
             report.add(shards.MANIFEST_FILE, f"missing field {fld!r}")

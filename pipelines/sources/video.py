@@ -74,7 +74,8 @@ class VideoSource:
             ActorStage("segment", partial(labeling.SegmentSubjects, models["segmenter"], lp.segmentation), r.segment),
             TaskStage("filter_masks", partial(labeling.filter_masks, p=lp.filters), r.filters),
             ActorStage("embed", partial(labeling.EmbedSubjects, models["embedder"], lp.matching), r.embed),
-            TaskStage("match", partial(labeling.match_subjects, p=lp.matching, fp=lp.filters, models=describe(models)),
+            TaskStage("match", partial(labeling.match_subjects, p=lp.matching, fp=lp.filters, models=describe(models),
+                                        rules=lp.pairs),
                       r.filters),
         ]
 

@@ -196,11 +196,15 @@ def test_one_person_is_rejected_before_the_image_is_read(tmp_path):
 def test_cap_keeps_the_largest_and_counts_the_rest(tmp_path):
     boxes = [(8 + 126 * k, 60, 120, 300 + 20 * k) for k in range(5)]
     unit = scene(tmp_path, boxes)
-    item = coco.load_sample(Item(unit), coco.CocoParams(too_many="cap"))
+    with pytest.raises(Rejected, match="unlabeled_instance"):  # by default the capped person may not stay unlabeled
+        coco.load_sample(Item(unit), coco.CocoParams(too_many="cap"))
+    p = coco.CocoParams(too_many="cap", filters=FilterParams(unlabeled="ignore"))
+    item = coco.load_sample(Item(unit), p)
     [s] = item.samples
     assert [x.fields["annotation_id"] for x in s.subjects] == [2, 3, 4, 5]  # the shortest person goes
     assert item.drops == {"coco/too_many_subjects": 1}
     assert s.frames[0].caption == "a photo of four people"
+    assert s.frames[0].fields["ignore"] == [[8.0, 60.0, 128.0, 360.0]]  # it is left out of the routing loss
 
 
 def test_filters_are_configurable(tmp_path):
@@ -254,7 +258,8 @@ def test_masks_are_built_only_for_instances_that_pass_the_box_rules(tmp_path, mo
     with pytest.raises(Rejected, match="too_many_annotations"):  # bounded by default, before reading the image
         coco.load_sample(Item(unit), coco.CocoParams())
     assert not built
-    item = coco.load_sample(Item(unit), coco.CocoParams(max_annotations=20_000))
+    item = coco.load_sample(Item(unit), coco.CocoParams(max_annotations=20_000,
+                                                         filters=FilterParams(unlabeled="ignore")))
     assert len(built) == 2 and len(item.samples[0].subjects) == 2  # 10 002 annotations, 2 masks
     assert item.drops["coco/box_area_small"] == 10_000
 

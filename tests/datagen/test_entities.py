@@ -1,5 +1,7 @@
 """Caption → subject phrases (spaCy noun chunks)."""
 
+import pytest
+
 from datagen.labeling.entities import EntityParams, extract, phrases
 
 
@@ -34,3 +36,33 @@ def test_rule_7_drops_groups_and_body_parts_counted():
     assert dropped == {"group": 2, "body_part": 3}
     kept_all, none = extract(caption, EntityParams(body_parts=[], groups=[]))
     assert kept_all == ["crowd", "man", "hand", "face", "hair", "team", "players", "ball"] and not none
+
+
+# B.1 rule (7) on a list: (caption, the phrase in question, kept?). A part of a person or animal and a group of
+# people are dropped; a thing that shares the word is kept.
+RULE_7 = [
+    ("a tea set on the table", "tea set", True),
+    ("a woman with a set of keys", "set", True),
+    ("a stack of books next to a lamp", "stack", True),
+    ("a watch with a leather band", "leather band", True),
+    ("a rubber band on a desk", "rubber band", True),
+    ("the car's body is red", "body", True),
+    ("the body of the car is red", "body", True),
+    ("a clock face on the wall", "clock face", True),
+    ("a man raises his hand", "hand", False),
+    ("a hand holding a cup", "hand", False),
+    ("her face in the mirror", "face", False),
+    ("the dog's head on a pillow", "head", False),
+    ("a crowd in the street", "crowd", False),
+    ("a team playing football", "team", False),
+    ("a group of people on a beach", "group", False),
+    ("a band of musicians on stage", "band", False),
+    ("a line of people at a shop", "line", False),
+]
+
+
+@pytest.mark.parametrize("caption, phrase, kept", RULE_7, ids=[c for c, _, _ in RULE_7])
+def test_rule_7_is_precise_on_a_list(caption, phrase, kept):
+    found, dropped = extract(caption)
+    assert (phrase in found) == kept, (found, dropped)
+    assert sum(dropped.values()) == (0 if kept else 1)

@@ -18,7 +18,7 @@ from datagen.shards import Frame, Sample, decode_sample, encode_sample, sample_m
 from datagen.units import Item, Rejected, Unit
 
 H, W = 100, 200
-FP = FilterParams(min_image_side=0)
+FP = FilterParams(min_image_side=0, unlabeled="ignore")  # frames stay: the frame policy has its own tests
 
 
 def item(n_frames=3, captions=None):
@@ -191,6 +191,10 @@ def test_whole_chain_on_tiny_models_yields_a_valid_sample(chain, clip):
 def test_whole_chain_with_paper_filters_rejects_with_reasons(chain, clip):
     with pytest.raises(Rejected) as e:
         run_chain(chain, clip, FilterParams(min_image_side=200))
+    # tiny boxes fail the area rule in every frame: each frame holds an instance without a subject
+    assert e.value.reason == "too_few_frames" and "box_area_small" in e.value.detail
+    with pytest.raises(Rejected) as e:
+        run_chain(chain, clip, FilterParams(min_image_side=200, unlabeled="ignore"))
     assert e.value.reason == "no_subjects" and "box_area_small" in e.value.detail
 
 
@@ -220,3 +224,44 @@ def test_matching_needs_agreeing_phrases_by_default():
     it.scratch["embeddings"] = [onehot(0, 1), onehot(1, 0)]
     with pytest.raises(Rejected):  # exact phrases: "red ball" ≠ "ball", and dog ≠ cat: nothing matches
         labeling.match_subjects(it, MatchParams(phrases_agree="exact"), FP)
+
+
+def small(phrase, x):
+    """A 10×10 box: 0.5 % of the 200×100 frame, below B.1 rule (2)'s 5 %: a real instance the rule drops."""
+    mask = np.zeros((H, W), bool)
+    mask[30:40, x:x + 10] = True
+    return Instance(phrase, [float(x), 30.0, float(x + 10), 40.0], 0.9, mask)
+
+
+def three_frames_one_with_a_dropped_person():
+    it = item(3)
+    it.scratch["phrases"] = [["dog", "person"]] * 3
+    it.scratch["instances"] = [[inst("dog", 0)], [inst("dog", 10), small("person", 150)], [inst("dog", 20)]]
+    return it
+
+
+def test_a_frame_holding_a_rule_dropped_instance_is_dropped_by_default():
+    it = labeling.filter_boxes(three_frames_one_with_a_dropped_person(), FilterParams(min_image_side=0))
+    sample = it.samples[0]
+    assert [fr.fields["time_s"] for fr in sample.frames] == [0.0, 1.0]  # frame 1 (t = 0.5 s) dropped
+    assert [[x.box[0] for x in f] for f in it.scratch["instances"]] == [[0.0], [20.0]]
+    assert len(it.scratch["phrases"]) == 2
+    assert it.drops == {"filter_boxes/box_area_small": 1, "filter_boxes/frame_unlabeled": 1}
+    # two frames, one of them with the dropped person: one frame is no video pair
+    two = item(2)
+    two.scratch["instances"] = [[inst("dog", 0)], [inst("dog", 10), small("person", 150)]]
+    with pytest.raises(Rejected) as e:
+        labeling.filter_boxes(two, FilterParams(min_image_side=0))
+    assert e.value.reason == "too_few_frames"
+
+
+def test_on_request_the_frame_stays_with_the_instance_as_its_ignore_region():
+    fp = FilterParams(min_image_side=0, unlabeled="ignore")
+    it = labeling.filter_boxes(three_frames_one_with_a_dropped_person(), fp)
+    assert len(it.samples[0].frames) == 3 and it.drops == {"filter_boxes/box_area_small": 1}
+    it.scratch["embeddings"] = [onehot(0), onehot(0), onehot(0)]
+    for f in it.scratch["instances"]:
+        f[0].mask = inst("dog", 0).mask  # as the segmenter left them
+    labeling.match_subjects(it, MatchParams(), fp)
+    meta = sample_meta(it.samples[0])
+    assert [fr.get("ignore") for fr in meta["frames"]] == [None, [[150.0, 30.0, 160.0, 40.0]], None]

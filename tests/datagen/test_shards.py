@@ -9,6 +9,7 @@ import pytest
 import webdataset as wds
 
 from datagen import shards
+from datagen.shards.validate import validate
 
 
 def test_round_trip_keeps_masks_boxes_meta_and_frames(sample_factory):
@@ -157,3 +158,44 @@ def test_a_score_outside_the_index_schema_breaks_the_contract(sample_factory):
     sample.scores["aesthetic"] = 5.0
     with pytest.raises(shards.FormatError, match="aesthetic"):
         shards.encode_sample(sample)
+
+
+def test_pairs_travel_in_meta_and_are_summarised_in_the_index(dataset_factory, sample_factory):
+    from datagen.labeling import pairs
+
+    s = sample_factory(key="k0", n_frames=3, n_subjects=2)
+    s.pairs = pairs.measure(s)
+    assert len(s.pairs) == 6  # 2 subjects × 3 frame pairs
+    s.pairs[4]["identity"] = 0.42  # the least identical pair
+    row = shards.index_row(s, "test-000000.tar")
+    assert row["n_pairs"] == 6 and row["pair_identity_min"] == 0.42
+    assert row["pair_change_min"] == min(p["change_score"] for p in s.pairs) > 0  # subjects move 2 px a frame
+    single = sample_factory(key="k1", n_frames=1)
+    assert {c: shards.index_row(single, "x")[c] for c in shards.PAIR_COLUMNS} == {
+        "n_pairs": 0, "pair_identity_min": None, "pair_change_min": None}
+    assert shards.sample_meta(single)["pairs"] == []  # nothing to measure: no pair
+    unmeasured = sample_factory(key="k2")  # two frames, no measures: as 2.0, no key and null columns
+    assert "pairs" not in shards.sample_meta(unmeasured)
+    assert {c: shards.index_row(unmeasured, "x")[c] for c in shards.PAIR_COLUMNS} == dict.fromkeys(shards.PAIR_COLUMNS)
+    root = dataset_factory([[s, single]])
+    assert list(shards.iter_samples(root))[0].pairs == s.pairs
+    table = shards.read_table(root, shards.INDEX_FILE)
+    assert table.column("n_pairs").to_pylist() == [6, 0]
+    assert validate(root).ok
+    s.pairs.append({**s.pairs[0], "frames": [0, 5]})  # a frame the subject is not in
+    with pytest.raises(shards.FormatError, match="not a subject seen in two frames"):
+        shards.encode_sample(s)
+
+
+def test_a_20_dataset_without_pair_columns_still_reads(dataset_factory, sample_factory):
+    import pyarrow.parquet as pq
+
+    root = dataset_factory([[sample_factory(key="k0")]])
+    old = shards.read_table(root, shards.INDEX_FILE).drop_columns(list(shards.PAIR_COLUMNS))
+    shards.remove_index_part(root, "all")
+    pq.write_table(old, os.path.join(root, shards.INDEX_FILE, "old.parquet"))  # as a 2.0 run wrote it
+    new = shards.index_row(sample_factory(key="k1", n_frames=1), "test-000000.tar")
+    shards.write_index_part(root, "new", [new])
+    table = shards.read_table(root, shards.INDEX_FILE).sort_by("key")
+    assert table.column("n_pairs").to_pylist() == [None, 0]
+    assert table.column("key").to_pylist() == ["k0", "k1"]

@@ -10,7 +10,7 @@ import pytest
 
 from datagen.readers import urls
 from datagen.readers.download import DownloadParams
-from datagen.labeling.filters import Instance
+from datagen.labeling.filters import FilterParams, Instance
 from datagen.units import Item, Rejected
 from tests.datagen.test_download import encoded
 from tests.image_server import ImageServer
@@ -113,13 +113,21 @@ def test_people_rules_before_and_after_sam(tmp_path):
     item = downloaded(tmp_path)
     found = [Instance("person", b, 0.9 - 0.1 * k) for k, b in enumerate(PEOPLE)]
     found.append(Instance("person", [10, 10, 40, 30], 0.8))  # a tiny box: below 5 % of the image
-    item.scratch["instances"] = [found]
-    urls.select_boxes(item, urls.PersonParams())
+    item.scratch["instances"] = [list(found)]
+    with pytest.raises(Rejected) as e:  # by default the tiny person may not stay in the image unlabeled
+        urls.select_boxes(item, urls.PersonParams())
+    assert e.value.reason == "unlabeled_instance" and "box_area_small" in e.value.detail
+    item = downloaded(tmp_path)
+    item.scratch["instances"] = [[Instance(x.phrase, x.box, x.score) for x in found]]
+    rules = urls.PersonParams(filters=FilterParams(unlabeled="ignore"))
+    urls.select_boxes(item, rules)
     assert len(item.scratch["instances"][0]) == 3 and item.drops == {"select_boxes/box_area_small": 1}
     for x, fill in zip(item.scratch["instances"][0], (1.0, 0.9, 0.3)):  # SAM's masks; the last one is poor
         x.mask = box_mask([int(v) for v in x.box], fill)
-    urls.persons(item, urls.PersonParams(), {"detector": {"id": "d"}})
+    urls.persons(item, rules, {"detector": {"id": "d"}})
     [s] = item.samples
+    # both people the rules dropped are the frame's ignore region (the routing loss leaves them out)
+    assert s.frames[0].fields["ignore"] == [[10.0, 10.0, 40.0, 30.0], [float(v) for v in PEOPLE[2]]]
     assert [sub.boxes[0] for sub in s.subjects] == PEOPLE[:2]
     assert [sub.det_score for sub in s.subjects] == pytest.approx([0.9, 0.8]) and s.scores["det"] == pytest.approx(0.8)
     assert item.drops["persons/mask_box_ratio"] == 1 and s.frames[0].caption == "three friends"

@@ -154,3 +154,36 @@ def test_box_outside_frame(dataset):
 
     rewrite_tar(first_shard(dataset), edit)
     assert any("k2: subject 0 box [0, 0, 65, 10] outside frame 0" in v for v in validate(dataset).violations)
+
+
+def test_pairs_that_break_the_contract(dataset_factory, sample_factory):
+    from datagen.labeling import pairs
+
+    s = sample_factory(key="k0")
+    s.pairs = pairs.measure(s)
+    root = dataset_factory([[s]])
+    assert validate(root).ok
+    meta = json.loads(shards.encode_sample(s)["meta.json"])
+    meta["pairs"][0]["change_score"] = 1.5
+    meta["pairs"].append({**meta["pairs"][1], "frames": [0, 0]})
+    rewrite_tar(first_shard(root), lambda ms: [(n, json.dumps(meta).encode() if n == "k0.meta.json" else d)
+                                               for n, d in ms])
+    violations = validate(root).violations
+    assert any("change_score 1.5 outside [0, 1]" in v for v in violations)
+    assert any("pair 1@[0, 0]: the subject is not masked in two frames" in v for v in violations)
+    assert any("k0: n_pairs = 2, shard says 3" in v for v in violations)
+
+
+def test_an_ignore_box_outside_its_frame(dataset_factory, sample_factory):
+    s = sample_factory(key="k0")  # 64×48 frames
+    s.frames[0].fields["ignore"] = [[10.0, 10.0, 30.0, 40.0]]
+    s.frames[1].fields["ignore"] = [[50.0, 10.0, 70.0, 40.0]]
+    violations = validate(dataset_factory([[s]])).violations
+    assert violations == ["k0: frame 1 ignore box [50.0, 10.0, 70.0, 40.0] outside the frame (64x48)"]
+
+
+def test_a_manifest_of_a_newer_minor_version_is_refused(dataset):
+    manifest = shards.read_manifest(dataset)
+    assert validate(dataset).ok  # no format_minor: a 2.0 dataset
+    shards.write_manifest(dataset, {**manifest, "format_minor": shards.FORMAT_MINOR + 1})
+    assert any("format_minor" in v for v in validate(dataset).violations)

@@ -30,6 +30,10 @@ def test_a_valid_dataset_of_shop_user_pairs(out):
     for s in samples.values():
         assert s.source == "image" and [f.fields["domain"] for f in s.frames] == ["shop", "user"]
         assert all(sorted(sub.masks) == [0, 1] for sub in s.subjects)
+        # one pair per garment, its identity from the matcher's embedder (photos differ: not 1 by construction)
+        assert [(p["subject"], p["frames"]) for p in s.pairs] == [(sub.id, [0, 1]) for sub in s.subjects]
+        assert all(-1 <= p["identity"] < 1 and 0 < p["change_score"] <= 1 for p in s.pairs)
+    assert sorted(r["n_pairs"] for r in index) == [1, 1, 2]
 
 
 def test_quarantine_and_drop_counts(out):
