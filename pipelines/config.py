@@ -113,10 +113,15 @@ def config_hash(cfg: PipelineConfig, source: str | None, source_cfg: Params | No
 
 
 def storage_env(options: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Apply ``storage_options`` to this process's fsspec and return the variables that give them to Ray workers
-    (fsspec reads ``FSSPEC_<PROTOCOL>``, a JSON object of filesystem arguments, when it is imported)."""
+    """Apply ``storage_options`` to this process's fsspec and environment, and return the variables that give them
+    to other processes: fsspec reads ``FSSPEC_<PROTOCOL>`` (a JSON object of filesystem arguments) when imported.
+    A local Ray's workers inherit this environment; a cluster's get the variables through the job's runtime_env."""
+    import os
+
     import fsspec.config
 
+    env = {f"FSSPEC_{p.upper()}": json.dumps(kw) for p, kw in options.items()}
     for protocol, kwargs in options.items():
         fsspec.config.conf.setdefault(protocol, {}).update(kwargs)
-    return {f"FSSPEC_{p.upper()}": json.dumps(kw) for p, kw in options.items()}
+    os.environ.update(env)
+    return env

@@ -184,7 +184,7 @@ def init_ray(cfg: PipelineConfig) -> None:
     # "local" starts a private instance even when `ray start` left a cluster running on this machine.
     kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
     runtime_env = dict(cfg.ray.runtime_env or {})
-    if cfg.storage_options:  # the workers open the same stores as the driver
+    if cfg.storage_options and address:  # a cluster's workers open the same stores (a local Ray's inherit them)
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **storage_env(cfg.storage_options)}
     ray.init(address=address or "local", runtime_env=runtime_env or None, log_to_driver=True,
              logging_level=logging.WARNING, **kwargs)

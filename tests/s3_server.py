@@ -3,6 +3,7 @@ s3fs and botocore exactly as a real bucket is. Loopback only; nothing leaves the
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -41,6 +42,7 @@ def free_port() -> int:
 def start() -> tuple[S3Server, object]:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -68,5 +70,5 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def bucket(s3_server) -> str:
+def s3_bucket(s3_server) -> str:
     return s3_server.bucket()

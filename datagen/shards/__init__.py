@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
+import fsspec.config
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
@@ -34,6 +35,12 @@ import webdataset as wds
 from PIL import Image
 
 from datagen import files
+
+# A dataset is written by many processes at once (writers on every node, the driver), so what one process listed
+# is stale a moment later: object-store clients must not cache listings (s3fs and gcsfs do by default). fsspec
+# applies these defaults to every filesystem made in a process that imports this module; a config may override.
+for _protocol in ("s3", "gs", "gcs"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
 SAMPLE_VERSION = 1  # meta.json of a sample

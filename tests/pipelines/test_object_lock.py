@@ -51,8 +51,8 @@ def run(out, units, seconds=0.0, lock=FAST):
 
 
 def test_second_driver_is_refused_naming_the_owner_and_takes_over_once_the_killed_ones_lease_expires(
-        bucket, ray_local, monkeypatch):
-    out = f"{bucket}/ds"
+        s3_bucket, ray_local, monkeypatch):
+    out = f"{s3_bucket}/ds"
     holder = hold_lease(out)
     try:
         with monkeypatch.context() as m:
@@ -77,8 +77,8 @@ def test_second_driver_is_refused_naming_the_owner_and_takes_over_once_the_kille
     assert not fs.exists(path)  # released at the end of the run
 
 
-def test_the_lease_is_renewed_while_held_and_released_at_the_end(bucket):
-    out = f"{bucket}/ds"
+def test_the_lease_is_renewed_while_held_and_released_at_the_end(s3_bucket):
+    out = f"{s3_bucket}/ds"
     with output_lock(out, "toy", FAST) as held:
         first = lease_record(out)
         assert first["pid"] == os.getpid() and first["source"] == "toy" and first["expiry_s"] == FAST.expiry_s
@@ -92,10 +92,10 @@ def test_the_lease_is_renewed_while_held_and_released_at_the_end(bucket):
     assert not fs.exists(path)
 
 
-def test_a_run_that_lost_its_lease_stops_writing(bucket, ray_local):
+def test_a_run_that_lost_its_lease_stops_writing(s3_bucket, ray_local):
     """A driver cut off past its expiry (here: its lease overwritten, as a taking-over run does) writes no shard
     and no ledger part after it learns so, and does not finish as if complete."""
-    out = f"{bucket}/ds"
+    out = f"{s3_bucket}/ds"
     fs, lock_path = fsspec.core.url_to_fs(shards.join(out, LOCK_FILE))
     taken = {}
 
