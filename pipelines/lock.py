@@ -46,6 +46,10 @@ class OutputLocked(OutputError):
     """Another live run writes into the same output."""
 
 
+class OutputLost(OutputLocked):
+    """This run lost the lease of its object-store output (taken over, or not renewed in time): it stopped."""
+
+
 class LockConfig(Params):
     """The lease of an object-store output (pipelines/lease.py); a local output's lock needs no settings."""
 
@@ -121,6 +125,10 @@ def _object_lease(store: lease.S3Store, out: str, source: str, cfg: LockConfig) 
     try:
         yield held
         held.check()  # a run that lost its lease mid-way did not finish: say so rather than exit 0
+    except lease.LeaseLost as e:  # the driver's check, or a writer's (a Ray task error is a LeaseLost too)
+        why = held.lost or str(e).strip().splitlines()[-1]
+        raise OutputLost(f"output {out}: this run lost its lease and stopped writing ({why}); what it wrote "
+                         "is valid, rerun to finish") from None
     finally:
         held.release()
 

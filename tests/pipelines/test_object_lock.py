@@ -17,8 +17,7 @@ from datagen import shards
 from datagen.shards.validate import validate
 from pipelines import runner
 from pipelines.config import PipelineConfig, WriterConfig
-from pipelines.lease import LeaseLost
-from pipelines.lock import LOCK_FILE, LockConfig, OutputError, OutputLocked, output_lock
+from pipelines.lock import LOCK_FILE, LockConfig, OutputError, OutputLocked, OutputLost, output_lock
 from pipelines.runner import run_source
 from tests.pipelines.toy_source import ToyConfig, ToySource
 
@@ -109,7 +108,7 @@ def test_a_run_that_lost_its_lease_stops_writing(s3_bucket, ray_local):
     thread = threading.Thread(target=take_over, daemon=True)
     thread.start()
     units = [f"ok-{i}" for i in range(24)]
-    with pytest.raises(LeaseLost, match="taken over by source thief on host elsewhere"):
+    with pytest.raises(OutputLost, match="lost its lease.*taken over by source thief on host elsewhere"):
         run(out, units, seconds=0.3)
     thread.join()
     time.sleep(3)  # writer tasks still in flight when the driver stopped
