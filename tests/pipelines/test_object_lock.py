@@ -49,6 +49,7 @@ def run(out, units, seconds=0.0, lock=FAST):
     return run_source(ToySource(), cfg, source_cfg=ToyConfig(units=units, seconds_per_unit=seconds))
 
 
+@pytest.mark.slow  # waits out an expiry and runs Ray
 def test_second_driver_is_refused_naming_the_owner_and_takes_over_once_the_killed_ones_lease_expires(
         s3_bucket, ray_local, monkeypatch):
     out = f"{s3_bucket}/ds"
@@ -91,6 +92,7 @@ def test_the_lease_is_renewed_while_held_and_released_at_the_end(s3_bucket):
     assert not fs.exists(path)
 
 
+@pytest.mark.slow  # a Ray run
 def test_a_run_that_lost_its_lease_stops_writing(s3_bucket, ray_local):
     """A driver cut off past its expiry (here: its lease overwritten, as a taking-over run does) writes no shard
     and no ledger part after it learns so, and does not finish as if complete."""

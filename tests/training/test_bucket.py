@@ -23,6 +23,7 @@ def upload(root: str, bucket: str, name: str) -> str:
     return url
 
 
+@pytest.mark.slow  # three tiny trainings: ~1 min
 def test_training_from_a_bucket_resumes_into_the_straight_local_run(colour_dataset, s3_bucket, tmp_path):
     local = colour_dataset(2, 4, name="tr")
     remote = upload(local, s3_bucket, "tr")
