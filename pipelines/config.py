@@ -96,6 +96,9 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineC
         for p in parents:
             node = node.setdefault(p, {}) or {}
         node[leaf] = value
+    options = doc.get("storage_options")
+    if isinstance(options, dict) and all(isinstance(v, dict) for v in options.values()):
+        storage_env(options)  # validation checks that the inputs exist: through the stores these options open
     try:
         return PipelineConfig.model_validate(doc)
     except ValidationError as e:

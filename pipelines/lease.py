@@ -156,6 +156,9 @@ class Lease:
         while not self._stop.wait(self.heartbeat_s):
             try:
                 etag = self.store.replace(self.body, self.etag)
+            except FileNotFoundError:
+                self.lost = "its lease object was removed"
+                return
             except OSError as e:  # the store is unreachable: the lease holds until its expiry
                 if time.monotonic() - renewed > self.expiry_s:
                     self.lost = f"not renewed for {self.expiry_s:g}s ({type(e).__name__}: {e})"
