@@ -54,18 +54,20 @@ def test_coco_from_a_bucket_into_a_bucket_with_credentials_only_in_the_config(s3
         assert cli_main(["coco", "--config", str(config)]) == 0  # the rerun lists and writes nothing
     finally:
         ray.shutdown()
-    rerun = capfd.readouterr().out.split("== coco:")[-1]
+    runs = capfd.readouterr()
+    rerun = runs.out.split("== coco:")[-1]
     assert "0 processed" in rerun and f"{len(first)} samples" in rerun
     assert sorted(shards.read_table(doc["out"], shards.INDEX_FILE).column("key").to_pylist()) == sorted(first)
     assert shards_main(["validate", doc["out"]]) == 0
+    printed = capfd.readouterr()
     assert shards_main(["stats", doc["out"], "--json"]) == 0
     stats = json.loads(capfd.readouterr().out)
     assert stats["samples"] == len(first)
     assert shards_main(["view", doc["out"], "--out", str(tmp_path / "g.html")]) == 0
     assert (tmp_path / "g.html").read_text().count("<img") >= len(first)
     # neither the secret nor the key id in what the runs printed, in Ray's logs, or anywhere in the dataset
-    printed = capfd.readouterr()
-    for name, text in [("output", printed.out + printed.err), *(
+    shown = runs.out + runs.err + printed.out + printed.err + "".join(capfd.readouterr())
+    for name, text in [("output", shown), *(
             (p, open(p, "rb").read().decode("utf-8", "replace")) for p in _files(ray_logs))]:
         assert secret not in text and key not in text, name
     stored = objects(doc["out"])

@@ -156,6 +156,7 @@ def test_shard_upload_killed_mid_way_is_aborted_by_the_next_run(s3_server, tmp_p
     assert validate(out).ok
 
 
+@pytest.mark.timeout(1800)  # 100 k puts and two full listings, served by moto in this process
 def test_resume_start_up_over_100k_objects(s3_server, capsys):
     """A finished dataset of 100,000 shard objects (a byte each: no media) named by a ledger segment and an index
     file, put straight into the test's server; a rerun lists them all, reconciles and has nothing to do (no Ray)."""
