@@ -48,7 +48,7 @@ def test_coco_from_a_bucket_into_a_bucket_with_credentials_only_in_the_config(s3
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         assert cli_main(["coco", "--config", str(config)]) == 0
-        ray_logs = ray._private.worker._global_node.get_session_dir_path()
+        ray_logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
         first = shards.read_table(doc["out"], shards.INDEX_FILE).column("key").to_pylist()
         assert len(first) >= 2
         assert cli_main(["coco", "--config", str(config)]) == 0  # the rerun lists and writes nothing
