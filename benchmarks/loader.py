@@ -5,6 +5,10 @@
   pair choice, decoding the frames it uses, target resize/crop, routing masks, two augmented references per
   sample, collation. Both single-process (``num_workers=0``), so the ratio compares work, not parallelism.
 
+- the same loader reading the same shards from a local S3 server (moto's, as the tests use) over HTTP against local
+  disk: what streaming from a bucket costs per sample on top of the work (a real bucket adds network latency and
+  bandwidth; this measures the client path: fsspec/s3fs requests, no page cache).
+
 The loader does much more than decode (a 1024² target resize plus per subject a rotation and two resizes), so a
 ratio below 1 is expected; what matters is samples/s per worker against the trainer's step time
 (``benchmarks/train_step.py``): workers needed = step rate × batch / this rate.
@@ -25,6 +29,7 @@ import webdataset as wds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datagen import shards  # noqa: E402
+from tests import s3_server  # noqa: E402
 from tests.shard_factory import make_sample, write_dataset  # noqa: E402
 from training.config import DataConfig  # noqa: E402
 from training.loader import DataPosition, SubjectStream, open_sources  # noqa: E402
@@ -60,12 +65,15 @@ def main() -> None:
             count += all(isinstance(v, np.ndarray) for k, v in s.items() if k.endswith((".jpg", ".png")))
         return count
 
-    cfg = DataConfig.model_validate({"sources": [{"path": root}], "batch_size": args.batch, "num_workers": 0,
-                                     "round_samples": n, "shuffle_buffer": 64})
-    stream = SubjectStream(open_sources(cfg), cfg, SDXL_ATTENTION_FACTORS, 0, DataPosition(1))
+    def subject_stream(path: str) -> SubjectStream:
+        cfg = DataConfig.model_validate({"sources": [{"path": path}], "batch_size": args.batch, "num_workers": 0,
+                                         "round_samples": n, "shuffle_buffer": 64})
+        return SubjectStream(open_sources(cfg), cfg, SDXL_ATTENTION_FACTORS, 0, DataPosition(1))
 
-    def ours() -> int:
-        return sum(len(b["keys"]) for b in stream.round_batches(0, 1, 0))
+    stream = subject_stream(root)
+
+    def ours(s: SubjectStream = stream) -> int:
+        return sum(len(b["keys"]) for b in s.round_batches(0, 1, 0))
 
     def skip_only() -> int:  # what a resume pays per skipped batch: read and plan, no decoding
         assert not list(stream.round_batches(0, 1, 0, skip=n))
@@ -81,6 +89,20 @@ def main() -> None:
           f"samples/s (batches of {args.batch}) | ratio {t_base / t_ours:.2f}x")
     print(f"  resume skip (read + plan, no decode) {n / t_skip:8.1f} samples/s | "
           f"{t_skip / t_base:.2f}x the time of raw decoding")
+
+    server, moto = s3_server.start()
+    os.environ.update(server.env())
+    import fsspec
+
+    remote = f"{server.bucket()}/ds"
+    fsspec.filesystem("s3").put(f"{root}/", remote, recursive=True)
+    from_s3 = subject_stream(remote)
+    ours(from_s3)  # warm: client, connections
+    t_s3, n_s3 = timed(lambda: ours(from_s3))
+    t_disk, _ = timed(ours)
+    moto.stop()
+    print(f"  from a local S3 server {n_s3 / t_s3:8.1f} samples/s | from disk {n / t_disk:8.1f} samples/s | "
+          f"S3/disk throughput ratio {t_disk / t_s3:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ their key path), with CLI overrides applied on top.
     out: data/sample            # dataset directory (local path or fsspec URL)
     models: auto                # auto | real | tiny   (datagen/models.py)
     ray: {address: null}        # null = a private local Ray; "auto" or ray://host:10001 = a cluster
+    lock: {expiry_s: 60, heartbeat_s: 10}   # the lease of an object-store output (pipelines/lease.py)
+    storage_options: {s3: {endpoint_url: ..., key: ..., secret: ...}}   # fsspec arguments per protocol
     writer: {units_per_shard: 256, max_batch_bytes: 2000000000, max_shard_bytes: 1000000000}
     registry: {captioner: {id: Qwen/Qwen2-VL-2B-Instruct, path: null}, ...}
     sources:
@@ -21,6 +23,7 @@ from pydantic import Field, ValidationError, create_model
 
 from datagen.models import Mode, RegistryConfig
 from datagen.params import Params
+from pipelines.lock import LockConfig
 from pipelines.sources import SOURCES
 
 
@@ -60,6 +63,11 @@ class PipelineConfig(Params):
     writer: WriterConfig = WriterConfig()
     registry: RegistryConfig = RegistryConfig()
     sources: SourcesConfig = SourcesConfig()
+    lock: LockConfig = LockConfig()
+    # fsspec filesystem arguments per protocol ({s3: {endpoint_url, key, secret, client_kwargs...}}), for the
+    # driver and every Ray worker; credentials are better left to the store's own places (AWS_* variables,
+    # ~/.aws, instance roles), which need nothing here. Never written into the manifest or the logs.
+    storage_options: dict[str, dict[str, Any]] = {}
 
 
 def _describe(err: ValidationError) -> str:
@@ -88,6 +96,9 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineC
         for p in parents:
             node = node.setdefault(p, {}) or {}
         node[leaf] = value
+    options = doc.get("storage_options")
+    if isinstance(options, dict) and all(isinstance(v, dict) for v in options.values()):
+        storage_env(options)  # validation checks that the inputs exist: through the stores these options open
     try:
         return PipelineConfig.model_validate(doc)
     except ValidationError as e:
@@ -95,9 +106,25 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineC
 
 
 def config_hash(cfg: PipelineConfig, source: str | None, source_cfg: Params | None = None) -> str:
-    """Hash of what decides the output (``out`` and Ray placement excluded), for all sources or one."""
-    doc = cfg.model_dump(mode="json", exclude={"out", "ray"})
+    """Hash of what decides the output (``out``, Ray placement, the lock and storage access excluded), for all
+    sources or one."""
+    doc = cfg.model_dump(mode="json", exclude={"out", "ray", "lock", "storage_options"})
     if source is not None:
         doc["sources"] = {source: source_cfg.model_dump(mode="json") if source_cfg is not None
                           else doc["sources"][source]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def storage_env(options: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Apply ``storage_options`` to this process's fsspec and environment, and return the variables that give them
+    to other processes: fsspec reads ``FSSPEC_<PROTOCOL>`` (a JSON object of filesystem arguments) when imported.
+    A local Ray's workers inherit this environment; a cluster's get the variables through the job's runtime_env."""
+    import os
+
+    import fsspec.config
+
+    env = {f"FSSPEC_{p.upper()}": json.dumps(kw) for p, kw in options.items()}
+    for protocol, kwargs in options.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(kwargs)
+    os.environ.update(env)
+    return env

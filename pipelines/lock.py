@@ -7,8 +7,11 @@ process dies however it dies, so the lock of a killed run is taken over by the n
 staleness guess. Taking it is also the check that the output is usable: a path that is a file, under a
 file, or not writable is refused here, before anything has started.
 
-An output on an object store (``s3://``...) has no file locks: its lock is taken on a local file named after
-the URL, which keeps out runs on this machine only.
+An output on an object store (``s3://``...) has no file locks: its lock is a lease object taken with a
+conditional write, renewed by a heartbeat and taken over after its expiry (pipelines/lease.py), which keeps out
+runs on every machine. A store without conditional writes is refused unless the config accepts the risk
+(``lock.unsafe_without_conditional_writes``); then the lock is a local file named after the URL, which keeps out
+runs on this machine only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -25,6 +29,10 @@ import filelock
 import fsspec
 
 from datagen import shards
+from datagen.params import Params
+from pipelines import lease
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner.json"  # beside the lock: who holds it, read by a refused run
@@ -36,6 +44,19 @@ class OutputError(RuntimeError):
 
 class OutputLocked(OutputError):
     """Another live run writes into the same output."""
+
+
+class OutputLost(OutputLocked):
+    """This run lost the lease of its object-store output (taken over, or not renewed in time): it stopped."""
+
+
+class LockConfig(Params):
+    """The lease of an object-store output (pipelines/lease.py); a local output's lock needs no settings."""
+
+    expiry_s: float = 60.0  # a lease not renewed for this long is taken over by the next run
+    heartbeat_s: float = 10.0  # renewal period: several renewals fit in one expiry, so a slow request is no loss
+    # A store without conditional writes cannot keep two machines apart: refused unless this accepts the risk
+    unsafe_without_conditional_writes: bool = False
 
 
 def _lock_dir(out: str) -> tuple[str, bool]:
@@ -70,11 +91,50 @@ def _owner(directory: str) -> str:
 
 
 @contextmanager
-def output_lock(out: str, source: str) -> Iterator[None]:
+def output_lock(out: str, source: str, cfg: LockConfig = LockConfig()) -> Iterator[lease.Lease | None]:
     """Hold the lock of ``out`` for the body; raise OutputLocked naming the holder, OutputError if unusable.
     An output directory this call made and the body left with nothing but the lock (a run that stopped before
-    any work: inputs that cannot be listed) is removed again."""
+    any work: inputs that cannot be listed) is removed again.
+
+    Yields the held object-store lease (its ``check`` for the driver, its ``guard`` for writers), None for a
+    file lock."""
     directory, new = _lock_dir(out)
+    if not shards._is_local(fsspec.core.url_to_fs(out)[0]):
+        store = lease.conditional_store(shards.join(out, LOCK_FILE))
+        if store is not None:
+            with _object_lease(store, out, source, cfg) as held:
+                yield held
+            return
+        if not cfg.unsafe_without_conditional_writes:
+            raise OutputError(f"output {out}: this store has no conditional writes, so a lock cannot keep runs on "
+                              "two machines apart; set lock.unsafe_without_conditional_writes: true to accept "
+                              "that (runs on this machine are still kept apart)")
+        log.warning("output %s: no conditional writes; the lock keeps out runs on this machine only", out)
+    with _file_lock(out, source, directory, new):
+        yield None
+
+
+@contextmanager
+def _object_lease(store: lease.S3Store, out: str, source: str, cfg: LockConfig) -> Iterator[lease.Lease]:
+    url = shards.join(out, LOCK_FILE)
+    try:
+        held = lease.acquire(store, url, source, cfg.expiry_s, cfg.heartbeat_s)
+    except lease.LeaseHeld as e:
+        raise OutputLocked(f"output {out} is in use by another run ({e}); wait for it to end or stop it, then "
+                           "run again") from None
+    try:
+        yield held
+        held.check()  # a run that lost its lease mid-way did not finish: say so rather than exit 0
+    except lease.LeaseLost as e:  # the driver's check, or a writer's (a Ray task error is a LeaseLost too)
+        why = held.lost or str(e).strip().splitlines()[-1]
+        raise OutputLost(f"output {out}: this run lost its lease and stopped writing ({why}); what it wrote "
+                         "is valid, rerun to finish") from None
+    finally:
+        held.release()
+
+
+@contextmanager
+def _file_lock(out: str, source: str, directory: str, new: bool) -> Iterator[None]:
     # No soft-lock fallback: a soft lock outlives a killed run, which is what flock exists to avoid.
     lock = filelock.FileLock(os.path.join(directory, LOCK_FILE), timeout=0, fallback_to_soft=False)
     try:

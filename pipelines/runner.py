@@ -30,7 +30,8 @@ from datagen.shards import card
 from datagen.quiet import worker_env
 from datagen.units import Outcome
 from pipelines import ledger
-from pipelines.config import PipelineConfig, WriterConfig, config_hash
+from pipelines.config import PipelineConfig, WriterConfig, config_hash, storage_env
+from pipelines.lease import Lease, LeaseGuard
 from pipelines.lock import output_lock
 from pipelines.progress import RunBar
 from pipelines.sources import Source
@@ -54,8 +55,9 @@ class ShardNumbers:
 
 
 def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers: Any, claims: Any, run_id: str,
-                max_shard_bytes: int, jpeg_quality: int) -> dict[str, np.ndarray]:
-    """Writer stage: encode the batch's samples into shards, record one ledger part, report per unit."""
+                max_shard_bytes: int, jpeg_quality: int, lease: LeaseGuard | None = None) -> dict[str, np.ndarray]:
+    """Writer stage: encode the batch's samples into shards, record one ledger part, report per unit.
+    With an object-store lease, each shard put and the ledger commit first check that the run still holds it."""
     import ray
 
     items = items_of(batch)
@@ -78,7 +80,8 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
         return shards.shard_name(source, ray.get(numbers.next.remote()))
 
     index, units, where = [], [], {}
-    with shards.ShardWriter(shards.join(out, shards.SHARDS_DIR), allocate, max_shard_bytes) as writer:
+    check = lease.check if lease else None
+    with shards.ShardWriter(shards.join(out, shards.SHARDS_DIR), allocate, max_shard_bytes, check) as writer:
         for it, docs in encoded:
             if not it.alive:
                 continue
@@ -95,6 +98,8 @@ def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers:
             o = it.outcome
             units.append(ledger.unit_record(it.unit.id, o.kind, stage=o.stage, reason=o.reason, detail=o.detail,
                                             drops=it.drops))
+    if lease:
+        lease.check()
     ledger.write_part(out, source, run_id, units, pa.Table.from_pylist(index, schema=shards.INDEX_SCHEMA),
                       node=ray.get_runtime_context().get_node_id())
     return {
@@ -181,7 +186,10 @@ def init_ray(cfg: PipelineConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # "local" starts a private instance even when `ray start` left a cluster running on this machine.
     kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
-    ray.init(address=address or "local", runtime_env=worker_env(cfg.ray.runtime_env), log_to_driver=True,
+    runtime_env = worker_env(cfg.ray.runtime_env)
+    if cfg.storage_options and address:  # a cluster's workers open the same stores (a local Ray's inherit them)
+        runtime_env["env_vars"] = {**runtime_env["env_vars"], **storage_env(cfg.storage_options)}
+    ray.init(address=address or "local", runtime_env=runtime_env, log_to_driver=True,
              logging_level=logging.WARNING, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
@@ -196,14 +204,15 @@ def run_source(source: Source, cfg: PipelineConfig, limit: int | None = None, re
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, got {limit}")
-    with output_lock(cfg.out, source.name):
+    storage_env(cfg.storage_options)
+    with output_lock(cfg.out, source.name, cfg.lock) as lease:
         for path in shards.remove_temporaries(cfg.out):  # no other run writes here: these are a killed run's
             log.warning("removing %s, left half-written by a run that was killed", path)
-        return _run_locked(source, cfg, limit, retry_failed, source_cfg)
+        return _run_locked(source, cfg, limit, retry_failed, source_cfg, lease)
 
 
 def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_failed: bool,
-                source_cfg: Any) -> RunResult:
+                source_cfg: Any, lease: Lease | None) -> RunResult:
     import ray
     import ray.data
 
@@ -252,10 +261,13 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
             write_batch, batch_size=batch, batch_format="numpy",
             num_cpus=cfg.writer.num_cpus,
             fn_kwargs=dict(out=out, source=source.name, numbers=numbers, claims=claims, run_id=run_id,
+                           lease=lease.guard if lease else None,
                            max_shard_bytes=cfg.writer.max_shard_bytes, jpeg_quality=cfg.writer.jpeg_quality),
         )
         bar = RunBar(source.name, len(todo))
         for row in ds.iter_rows():
+            if lease:
+                lease.check()  # lost: stop here (the writers stop by themselves at their next write)
             processed[row["status"]] += 1
             samples += int(row["n_samples"])
             bar.update(1, int(row["n_samples"]), processed[ledger.KEPT],
@@ -265,6 +277,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
         ray.kill(claims)
         ray.kill(crashes)
 
+    if lease:
+        lease.check()  # the driver's own writes: the ledger merge, quarantine and manifest
     state.refresh(retried=retry_failed and bool(todo))  # reads only this run's parts
     state.merge_loose()
     result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.s3_server"]  # s3_server, s3_bucket: a local S3 endpoint (moto's server) for object-store tests
+
 # Tests run on CPU with tiny models; one thread per process keeps concurrent test processes from thrashing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -147,7 +147,7 @@ def read_shard(src: SourceShards, k: int, start: int = 0) -> Iterator[dict[str, 
     url, size = src.urls[k], src.sizes[k]
     n = 0
     try:
-        for n, raw in enumerate(wds.tarfile_to_samples()(iter([{"url": url}])), 1):
+        for n, raw in enumerate(shards.iter_raw([url]), 1):
             if n > start:
                 yield raw
             if n == size:

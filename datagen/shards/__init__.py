@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
+import fsspec.config
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
@@ -32,6 +33,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
+
+from datagen import files
+
+# A dataset is written by many processes at once (writers on every node, the driver), so what one process listed
+# is stale a moment later: object-store clients must not cache listings (s3fs and gcsfs do by default). fsspec
+# applies these defaults to every filesystem made in a process that imports this module; a config may override.
+for _protocol in ("s3", "gs", "gcs"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
 # Additive changes within a version (manifest.json ``format_minor``, 0 when absent); readers of 2.x read 2.0 data.
@@ -355,17 +364,37 @@ def _sync_dir(path: str) -> None:
 
 
 def remove_temporaries(dataset: str) -> list[str]:
-    """Delete the half-written temporary files that killed runs left anywhere under ``dataset``.
+    """Delete the half-written temporary files that killed runs left anywhere under ``dataset``, and abort the
+    multipart uploads they left dangling on S3 (invisible, but stored and billed until aborted).
 
     Only safe while no run writes into ``dataset`` (the runner holds the output lock). Returns their paths.
     """
     fs, root = fsspec.core.url_to_fs(dataset)
+    leftovers = _abort_uploads(fs, root)
     if not fs.isdir(root):
-        return []
-    leftovers = [p for p in fs.find(root) if TMP_NAME.search(p.rsplit("/", 1)[-1])]
-    for p in leftovers:
+        return leftovers
+    temporaries = [p for p in fs.find(root) if TMP_NAME.search(p.rsplit("/", 1)[-1])]
+    for p in temporaries:
         fs.rm_file(p)
-    return leftovers
+    return leftovers + temporaries
+
+
+def _abort_uploads(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Abort the unfinished S3 multipart uploads under ``root``; ``upload <key>`` for each."""
+    if not hasattr(fs, "call_s3"):  # only S3 has uploads that outlive their writer
+        return []
+    bucket, prefix, _ = fs.split_path(root)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    aborted = []
+    pages = {"IsTruncated": True}
+    while pages.get("IsTruncated"):
+        marker = {k: pages[n] for k, n in (("KeyMarker", "NextKeyMarker"), ("UploadIdMarker", "NextUploadIdMarker"))
+                  if pages.get(n)}
+        pages = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **marker)
+        for up in pages.get("Uploads", []):
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            aborted.append(f"upload {bucket}/{up['Key']}")
+    return aborted
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -378,7 +407,10 @@ class ShardWriter:
 
     A shard appears under its final name only when complete: it is written to a hidden temporary name
     beside it and renamed (local disk), or written locally and uploaded in one put (object stores, where
-    a put is atomic). ``close()`` returns ``{shard name: [keys]}`` for the shards it finished.
+    a put is atomic; a shard above the client's multipart threshold is a multipart upload, completed or aborted,
+    and one a kill left dangling is aborted by ``remove_temporaries``). ``before_publish`` (the runner's lease
+    check) runs before each shard is published. ``close()`` returns ``{shard name: [keys]}`` for the shards it
+    finished.
     """
 
     TAR_BLOCK = 512
@@ -388,8 +420,10 @@ class ShardWriter:
         shards_url: str,
         allocate_name: Callable[[], str],
         max_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        before_publish: Callable[[], None] | None = None,
     ):
         self.fs, self.dir = fsspec.core.url_to_fs(shards_url)
+        self.before_publish = before_publish
         self.local = _is_local(self.fs)
         self.fs.makedirs(self.dir, exist_ok=True)
         self.allocate_name = allocate_name
@@ -427,6 +461,8 @@ class ShardWriter:
         _sync(self._file)
         self._file.close()
         final = join(self.dir, self._name)
+        if self.before_publish:
+            self.before_publish()
         if self.local:
             os.replace(self._tmp, final)
             _sync_dir(self.dir)
@@ -642,9 +678,17 @@ def read_manifest(dataset: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- reading
 
 
+def open_shards(urls: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """``{"url", "stream"}`` per shard, opened by fsspec: webdataset's own opener (``gopen``) knows files, pipes
+    and http but not ``s3://``; its tar stages read these streams as they read its own."""
+    for url in urls:
+        with files.open_url(url) as stream:  # local paths literally (a ``::`` in a folder is no URL chain)
+            yield {"url": url, "stream": stream}
+
+
 def iter_raw(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Raw WebDataset samples (bytes values) of the given shard URLs, in order."""
-    yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    """Raw WebDataset samples (bytes values) of the given shard URLs, in order (local or any fsspec URL)."""
+    yield from wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(open_shards(urls)))
 
 
 def iter_samples(dataset: str) -> Iterator[Sample]:

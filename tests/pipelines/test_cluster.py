@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import fsspec
 import pyarrow.parquet as pq
 import pytest
 
@@ -63,4 +64,18 @@ def test_cluster_run_writes_the_same_keys_as_a_local_run(cluster, tmp_path):
     assert keys(remote) == keys(local) and len(keys(local)) == 18
     assert validate(str(remote)).ok
     nodes = set(pq.read_table(os.path.join(remote, ledger.LEDGER_DIR, "toy"), columns=["node"])["node"].to_pylist())
+    assert len(nodes) == 2, f"writers ran on {nodes}"
+
+
+def test_cluster_run_into_a_bucket_writes_the_same_keys_as_a_local_run(s3_server, cluster, tmp_path):
+    """Both nodes' writers put into the local S3 server (the nodes inherit its endpoint from the environment)."""
+    local, remote = tmp_path / "local", f"{s3_server.bucket()}/ds"
+    run(local)
+    result = run(remote, cluster)
+    assert result.processed == {"kept": 17, "failed": 1}
+    keys = lambda d: sorted(shards.read_table(str(d), shards.INDEX_FILE).column("key").to_pylist())  # noqa
+    assert keys(remote) == keys(local) and len(keys(local)) == 18
+    assert validate(remote).ok
+    fs, path = fsspec.core.url_to_fs(shards.join(remote, ledger.LEDGER_DIR, "toy"))
+    nodes = set(pq.read_table(path, filesystem=fs, columns=["node"])["node"].to_pylist())
     assert len(nodes) == 2, f"writers ran on {nodes}"
