@@ -43,8 +43,10 @@ def _exists(path: str) -> str:
     try:
         fs, p = files.url_to_fs(os.path.expanduser(path))
         found = fs.exists(p)
-    except (ImportError, OSError) as e:  # a protocol whose package is missing (s3fs, gcsfs), no access
-        raise ValueError(f"cannot check {path}: {e}") from None
+    # A protocol whose package is missing (s3fs, gcsfs), no access, or a store client's own error type
+    # (botocore's NoCredentialsError is no OSError): a config error naming the path, never a traceback.
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot check {path}: {type(e).__name__}: {e}") from None
     if not found:
         raise ValueError(f"path does not exist: {path}")
     return path
