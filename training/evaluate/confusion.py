@@ -7,8 +7,8 @@ reference that resembles everything (a white background, a plain texture) does n
 
     z[r, j] = (S[r, j] - u_j) / (1 - u_j)
 
-with u_j reference j's mean similarity to unrelated crops of the same image (background cells away from the
-regions, cut out the same way): 0 = as alike as an unrelated crop, 1 = identical. Per subject j:
+with u_j reference j's mean similarity to unrelated crops of the same image (each region's shape moved onto the
+background, cut out the same way): 0 = as alike as an unrelated crop, 1 = identical. Per subject j:
 - **lost**: no located region is matched to it (the image does not show it);
 - **confused**: its matched region was located for a subject with another phrase (identities swapped), or looks
   more like another subject than like j (z[r, k] > z[r, j]), or is the same region as another subject's (IoU
@@ -25,8 +25,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 SAME_REGION_IOU = 0.5
-GRID = 4  # background cells: a GRID x GRID split of the image
-BACKGROUND_CELLS = 4  # the cells least covered by subjects
+SHIFTS = 4  # unrelated crops: each region's shape moved by multiples of a quarter of the image
 
 
 @dataclass
@@ -46,17 +45,21 @@ def normalise(similarity: np.ndarray, unrelated: np.ndarray) -> np.ndarray:
     return (similarity - unrelated) / np.clip(1 - unrelated, 1e-6, None)
 
 
-def background_cells(regions: np.ndarray) -> list[np.ndarray]:
-    """Masks of the ``BACKGROUND_CELLS`` grid cells least covered by any region, minus the regions."""
+def unrelated_masks(regions: np.ndarray) -> list[np.ndarray]:
+    """Per located region, its own shape moved to where it covers the fewest subject pixels (shifts on a
+    ``SHIFTS`` x ``SHIFTS`` grid, wrapping at the borders), minus the subjects: background cut out exactly as the
+    regions are, so a crop's white margin or outline favours no reference."""
     h, w = regions.shape[1:]
     covered = regions.any(0)
-    cells = []
-    for y in range(GRID):
-        for x in range(GRID):
-            cell = np.zeros((h, w), bool)
-            cell[y * h // GRID:(y + 1) * h // GRID, x * w // GRID:(x + 1) * w // GRID] = True
-            cells.append((covered[cell].mean(), len(cells), cell & ~covered))
-    return [m for _, _, m in sorted(cells, key=lambda c: c[:2])[:BACKGROUND_CELLS] if m.any()]
+    out = []
+    for region in regions:
+        if not region.any():
+            continue
+        shifts = [(dy * h // SHIFTS, dx * w // SHIFTS) for dy in range(SHIFTS) for dx in range(SHIFTS)]
+        moved = min((np.roll(region, s, (0, 1)) for s in shifts[1:]), key=lambda m: (m & covered).sum())
+        if (moved & ~covered).any():
+            out.append(moved & ~covered)
+    return out
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

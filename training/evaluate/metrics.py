@@ -57,8 +57,8 @@ def region_scores(enc: Encoders, image: np.ndarray, regions: np.ndarray, phrases
     present = [i for i in range(len(phrases)) if regions[i].any()]
     crops = [crop(image, regions[i]) for i in present]
     sim = _cos(enc, crops, refs)
-    cells = confusion.background_cells(regions)
-    unrelated = _cos(enc, [crop(image, m) for m in cells], refs).mean(0) if cells else np.zeros(len(refs))
+    nulls = confusion.unrelated_masks(regions)
+    unrelated = _cos(enc, [crop(image, m) for m in nulls], refs).mean(0) if nulls else np.zeros(len(refs))
     outcome = confusion.match(confusion.normalise(sim, unrelated), regions[present], present, phrases)
     subject_dino = [max(float(sim[r, j]), 0.0) if r is not None else 0.0 for j, r in enumerate(outcome.matched)]
     copy = None
