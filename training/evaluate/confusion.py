@@ -12,7 +12,7 @@ background, cut out the same way): 0 = as alike as an unrelated crop, 1 = identi
 - **lost**: no located region is matched to it (the image does not show it);
 - **confused**: its matched region was located for a subject with another phrase (identities swapped), or looks
   more like another subject than like j (z[r, k] > z[r, j]), or is the same region as another subject's (IoU
-  >= 0.5: two subjects in one region — the collapse that MuDI's Subject Collapse Rate counts).
+  >= 0.5: two subjects in one region, the collapse a Subject Collapse Rate counts).
 The confusion rate counts confused *and* lost subjects, so dropping a subject never improves it; the lost rate is
 reported beside it.
 """
