@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 SAME_REGION_IOU = 0.5
 SHIFTS = 4  # unrelated crops: each region's shape moved by multiples of a quarter of the image
+MIN_PIXELS = 16
 
 
 @dataclass
@@ -57,8 +58,9 @@ def unrelated_masks(regions: np.ndarray) -> list[np.ndarray]:
             continue
         shifts = [(dy * h // SHIFTS, dx * w // SHIFTS) for dy in range(SHIFTS) for dx in range(SHIFTS)]
         moved = min((np.roll(region, s, (0, 1)) for s in shifts[1:]), key=lambda m: (m & covered).sum())
-        if (moved & ~covered).any():
-            out.append(moved & ~covered)
+        free = moved & ~covered
+        if free.sum() >= max(region.sum() / 2, MIN_PIXELS):  # a sliver is not the region's shape
+            out.append(free)
     return out
 
 
