@@ -1,13 +1,14 @@
-"""Locating subjects by phrase (Grounding DINO + SAM) for M-DINO and blending on systems without routing maps:
-tiny models run end to end; with the detector and segmenter stubbed, same-phrase subjects take distinct boxes
-(best first) and a subject not found scores 0; a missing weight fails before any generation."""
+"""Locating subjects by phrase (Grounding DINO + SAM), for every system by default: tiny models run end to end;
+with the detector and segmenter stubbed, same-phrase subjects take distinct boxes and a subject not found is lost
+and scores 0; rows say which locator found their regions, and differences between systems located differently are
+refused; a missing weight fails before any generation."""
 
 import numpy as np
 import pytest
 
 from datagen.labeling.filters import Instance
 from datagen.models import MissingModelError
-from training.evaluate import encoders, run
+from training.evaluate import encoders, report, run
 from training.evaluate.__main__ import main
 from training.evaluate.encoders import build_encoders
 from training.evaluate.locate import PhraseLocator, assign, resolve
@@ -67,7 +68,7 @@ def test_same_phrase_subjects_take_distinct_boxes_best_first_and_a_lost_subject_
     lost = score(enc, image, "a person, a dog and a person", refs, regions)
     assert lost["subject_dino"][1] == 0 and lost["m_dino"] == 0
     assert lost["subject_dino"][0] == pytest.approx(1.0, abs=1e-4)
-    assert lost["blending"] == 0  # the lost subject counts as not blended
+    assert lost["lost"] == pytest.approx(1 / 3) and lost["confusion"] >= 1 / 3  # lost counts as a failure
 
 
 def test_assign_gives_none_past_the_boxes_of_a_phrase():
@@ -84,15 +85,16 @@ def test_missing_detector_weights_fail_before_generation(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("locate, located", [("routing", {"base-sdxl"}), ("grounding", {"anystory", "base-sdxl"})])
+@pytest.mark.parametrize("locate, located", [("grounding", {"anystory", "base-sdxl"}), ("routing", {"base-sdxl"})])
 def test_each_system_is_located_by_its_locator_and_the_row_says_which(monkeypatch, locate, located):
-    """Routing maps where a system has them, the phrase locator otherwise; ``grounding`` for every system."""
+    """By default (grounding) every system is located by phrase and AnyStory's routing maps give extra, labelled
+    columns; with ``routing`` AnyStory is scored by its maps and its region-metric differences are refused."""
     image = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     routed = np.zeros((2, 48, 64), bool)
     routed[0, :, :32], routed[1, :, 32:] = True, True
 
     def generate(pipe, system, sample, settings):
-        return run.Generated(image, routed, image, "routing") if system == run.ANYSTORY else run.Generated(image)
+        return run.Generated(image, routed, image) if system == run.ANYSTORY else run.Generated(image)
 
     calls = []
 
@@ -102,11 +104,19 @@ def test_each_system_is_located_by_its_locator_and_the_row_says_which(monkeypatc
 
     monkeypatch.setattr(run, "generate", generate)
     subjects = [EvalSubject(ph, image, None, [(image, None)]) for ph in ("a cat", "a hat")]
-    sample = EvalSample("s0", "set", "a cat in a hat", 0, subjects)
-    rows, images = run.run([sample], None, build_encoders("tiny"), run.Settings(), progress=False, locator=locator,
+    samples = [EvalSample(f"s{k}", "set", "a cat in a hat", k, subjects, cluster="cat+hat") for k in range(2)]
+    rows, images = run.run(samples, None, build_encoders("tiny"), run.Settings(), progress=False, locator=locator,
                            locate=locate)
-    by = {r["system"]: r for r in rows}
-    assert {s for s, r in by.items() if r["locator"] == "grounding"} == located and len(calls) == len(located)
+    by = {r["system"]: r for r in rows if r["sample"] == "s0"}
+    assert {s for s, r in by.items() if r["locator"] == "grounding"} == located and len(calls) == 2 * len(located)
     assert calls[0] == ["a cat", "a hat"]
-    assert all(r["m_dino"] is not None and r["blending"] is not None for r in rows)
+    assert all(r["m_dino"] is not None and r["confusion"] is not None for r in rows)
     assert (images["s0", "anystory"].regions == routed).all() == (locate == "routing")
+    # the same image, both views: the routing maps' columns sit beside the phrase locator's, labelled
+    assert ("m_dino_routing" in by["anystory"]) == (locate == "grounding") and "m_dino_routing" not in by["base-sdxl"]
+    diff = report.summary(rows, {})["difference"]["multi"]["anystory - base-sdxl"]
+    assert diff["clip_i"]["mean"] is not None
+    if locate == "routing":
+        assert diff["m_dino"]["mean"] is None and "located differently" in diff["m_dino"]["refused"]
+    else:
+        assert diff["m_dino"]["n"] == 2 and "refused" not in diff["m_dino"]

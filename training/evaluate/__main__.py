@@ -1,17 +1,18 @@
-"""``python -m training.evaluate --adapters DIR (--set SET | --shards DIR) --out DIR [--baseline ip-adapter]``
+"""``python -m training.evaluate --adapters DIR (--set SET | --shards DIR) --out DIR [--baseline ...]``
 
-Generates every sample of the set with AnyStory and the baselines on the same prompt and seed (base SDXL always;
-IP-Adapter Plus SDXL with ``--baseline ip-adapter`` when its weights are here) and writes ``metrics.json``,
-``samples.parquet``, ``report.html`` and ``images/`` to ``--out``. Subjects are located (M-DINO, blending) from
-AnyStory's routing maps and, for the baselines, by phrase with Grounding DINO + SAM (``--locate grounding``: for
-every system). ``--size tiny``: tiny random models, offline (smoke runs and tests; every output is marked
-synthetic). Missing weights, a bad spec or an empty set fail before any generation.
+Generates every sample of the set with AnyStory and the baselines on the same prompts and seeds (base SDXL always;
+IP-Adapter Plus SDXL with ``--baseline ip-adapter`` when its weights are here; the known-answer systems
+``--baseline target-oracle`` / ``reference-paste`` on held-out pairs) and writes ``metrics.json``,
+``samples.parquet``, ``report.html`` and ``images/`` to ``--out``, and a summary to the terminal. Every system's
+subjects are located alike, by phrase with Grounding DINO + SAM (``--locate routing`` scores AnyStory by its
+routing maps instead, which are otherwise extra ``*_routing`` columns). ``--size tiny``: tiny random models,
+offline (smoke runs and tests; every output is marked synthetic). Missing weights, a bad spec or an empty set fail
+before any generation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -26,10 +27,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", help="a spec file (.yaml/.jsonl), a folder with spec.yaml, a DreamBench-layout folder, or "
                                  "a shipped set name (mini)")
     p.add_argument("--shards", help="a dataset folder: evaluate on its samples (held-out data)")
-    p.add_argument("--limit", type=int, help="at most N samples from --set and N from --shards")
+    p.add_argument("--limit", type=int, help="at most N samples from --set, spread evenly over its subjects, and N "
+                                              "pairs from --shards")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--baseline", action="append", choices=["base-sdxl", "ip-adapter"], default=[],
-                   help="base-sdxl always runs; ip-adapter adds IP-Adapter Plus SDXL when its weights are here")
+    p.add_argument("--baseline", action="append", default=[],
+                   choices=["base-sdxl", "ip-adapter", "target-oracle", "reference-paste"],
+                   help="base-sdxl always runs; ip-adapter adds IP-Adapter Plus SDXL when its weights are here; "
+                        "target-oracle (the real target frame) and reference-paste (the reference pasted into it) "
+                        "calibrate the scores on samples with a real target frame")
     p.add_argument("--ip-adapter", help="IP-Adapter Plus SDXL: the .safetensors file or a folder with "
                                         "sdxl_models/ (default: h94/IP-Adapter in the HF cache)")
     p.add_argument("--size", choices=["sdxl", "tiny"], default="sdxl")
@@ -37,9 +42,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-pretrained", help="AnyStory's CLIP ViT-H/14 image encoder (default: IP-Adapter's)")
     p.add_argument("--clip", help="CLIP ViT-B/32 for CLIP-I/CLIP-T (default openai/clip-vit-base-patch32)")
     p.add_argument("--dino", help="DINO ViT-S/16 for DINO/M-DINO (default facebook/dino-vits16)")
-    p.add_argument("--locate", choices=["routing", "grounding"], default="routing",
-                   help="routing: AnyStory's routing maps, Grounding DINO + SAM for systems without them (default); "
-                        "grounding: Grounding DINO + SAM for every system")
+    p.add_argument("--locate", choices=["grounding", "routing"], default="grounding",
+                   help="grounding (default): Grounding DINO + SAM for every system, AnyStory's routing maps as "
+                        "extra columns; routing: AnyStory by its routing maps (its region-metric differences to "
+                        "systems located by phrase are then refused)")
+    p.add_argument("--references", choices=["unsegmented", "segmented"], default="unsegmented",
+                   help="what CLIP-I and DINO compare with: the real images as they are (default, DreamBooth's "
+                        "protocol) or the subjects segmented on white")
+    p.add_argument("--unique-token", default="", help="{0} of the official DreamBench prompts (DreamBooth's rare "
+                                                      "token, e.g. sks; default none: encoder methods learn none)")
     p.add_argument("--detector", help="Grounding DINO: hub id in the HF cache or a folder "
                                       "(default: the data engine's registry, IDEA-Research/grounding-dino-base)")
     p.add_argument("--segmenter", help="SAM: hub id in the HF cache or a folder (default: facebook/sam-vit-huge)")
@@ -47,7 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--resolution", type=int, help="side of spec samples / bucket area of shard samples "
                                                   "(default 1024; tiny 64)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of DreamBench-layout prompts")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (seeds 0..K-1; default 4, DreamBooth "
+                                                         "scores 4-6; spec cases with their own seeds keep them)")
     p.add_argument("--device", default=None, help="default: cuda when available")
     args = p.parse_args(argv)
     if args.set is None and args.shards is None:
@@ -76,7 +88,7 @@ def evaluate(args: argparse.Namespace) -> int:
     tiny = args.size == "tiny"
     resolution = args.resolution or (64 if tiny else 1024)
     try:
-        samples = sets.load(args.set, args.shards, args.limit, args.seeds, resolution)
+        samples = sets.load(args.set, args.shards, args.limit, list(range(args.seeds)), resolution, args.unique_token)
     except sets.SpecError as e:
         log.error("%s", e)
         return 2
@@ -107,14 +119,17 @@ def evaluate(args: argparse.Namespace) -> int:
     settings = run.Settings(steps=args.steps or (2 if tiny else 25), guidance=args.guidance,
                             size=(resolution, resolution))
     log.info("generating %d samples; the first includes one-time warm-up", len(samples))
-    rows, images = run.run(samples, pipe, enc, settings, ip_file, locator=locator, locate=args.locate)
+    calibrate = tuple(b for b in args.baseline if b in ("target-oracle", "reference-paste"))
+    rows, images = run.run(samples, pipe, enc, settings, ip_file, locator=locator, locate=args.locate,
+                           references=args.references, calibrate=calibrate)
     data_synthetic = bool(args.shards and shards.read_manifest(args.shards).get("synthetic_models"))
     info = {"synthetic": tiny or enc.synthetic or locator.synthetic or data_synthetic, "encoders": enc.names,
-            "locate": args.locate, "locator_models": locator.described, "adapters": args.adapters,
+            "locate": args.locate, "locator_models": locator.described, "references": args.references,
+            "seeds": args.seeds, "unique_token": args.unique_token, "adapters": args.adapters,
             "set": args.set, "shards": args.shards, "skipped": skipped,
             "settings": {"steps": settings.steps, "guidance": settings.guidance, "resolution": resolution}}
     metrics = report.write(args.out, samples, rows, images, info)
-    print(json.dumps({s: {m: v["mean"] for m, v in ms.items()} for s, ms in metrics["metrics"].items()}, indent=1))
+    print(report.text_summary(metrics))
     return 0
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from anystory import AnyStoryModel, AnyStoryPipeline, build_scheduler
 from training.config import Config
 from training.evaluate.encoders import build_encoders
-from training.evaluate.report import image_grid, summary
+from training.evaluate.metrics import METRICS
+from training.evaluate.report import image_grid
 from training.evaluate.run import Settings, run
 from training.evaluate.sets import SpecError, held_out
 
@@ -41,7 +43,10 @@ class TrainingEvaluation:
         with accelerator.autocast():
             rows, images = run(self.samples, pipe, self.encoders, self.settings, progress=False)
         model.train()
-        means = {f"eval/{system}/{m}": v["mean"] for system, ms in summary(rows, {})["metrics"].items()
-                 for m, v in ms.items() if v["mean"] is not None}
+        # A training curve (plain means over the handful of samples): intervals belong to ``python -m
+        # training.evaluate``. No locator is loaded here: AnyStory is located by its routing maps, base SDXL not.
+        frame = pd.DataFrame(rows)
+        means = {f"eval/{system}/{m}": float(v) for system, g in frame.groupby("system")
+                 for m, v in g[list(METRICS)].astype(float).mean().items() if np.isfinite(v)}
         accelerator.log(means, step=step)
         return image_grid(self.samples, images)

@@ -1,12 +1,12 @@
-"""Locating each subject in a generated image by its phrase, for M-DINO and blending on systems without routing
-maps (base SDXL, IP-Adapter), or on every system with ``--locate grounding``: Grounding DINO boxes the phrases,
-SAM segments inside the boxes, as the data engine labels its frames (MS-Diffusion §A); the stages are the data
-engine's own (``datagen.labeling.detection`` / ``segmentation``), with models from its registry.
+"""Locating each subject in a generated image by its phrase, for the region metrics (M-DINO, confusion, lost,
+copy-paste) of every system alike (the default; AnyStory's routing maps are scored beside): Grounding DINO boxes
+the phrases, SAM segments inside the boxes, as the data engine labels its frames (MS-Diffusion §A); the stages
+are the data engine's own (``datagen.labeling.detection`` / ``segmentation``), with models from its registry.
 
 Assignment rule: each detection belongs to one phrase (the detector's best-scoring phrase for it) and each box to
 at most one subject, so the subjects sharing a phrase take that phrase's best-scored boxes, the i-th of them (in
-subject order) the i-th best; this is the highest total score over one-box-per-subject assignments. A subject
-with no box left for its phrase (or an empty SAM mask) gets an empty region: M-DINO is then 0.
+subject order) the i-th best; which of them is whose is then settled by appearance (``confusion.match``). A
+subject with no box left for its phrase (or an empty SAM mask) gets an empty region: it is lost.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Generate every sample with AnyStory and the baselines on the same prompt and seed, and score each image.
 
 Systems: ``anystory`` (the trained adapters), ``base-sdxl`` (the same pipeline with ``subjects=None``: the
-adapters bypassed) and ``ip-adapter`` (IP-Adapter Plus SDXL loaded by diffusers' ``load_ip_adapter`` into the
-same base; run last because it replaces the UNet's attention processors).
+adapters bypassed), ``ip-adapter`` (IP-Adapter Plus SDXL loaded by diffusers' ``load_ip_adapter`` into the
+same base; run last because it replaces the UNet's attention processors), and the known-answer systems of
+``calibration`` on samples with a real target frame.
 
-Each subject is located in the image (for M-DINO and blending) from AnyStory's routing maps, or by its phrase with
-Grounding DINO + SAM (``locate.PhraseLocator``) for a system without them; ``locate="grounding"`` uses the phrase
-locator for every system, so all are compared with the same one. Each row records its ``locator``.
+Like with like: by default every system's subjects are located the same way, by phrase with Grounding DINO + SAM
+(``locate.PhraseLocator``); AnyStory's routing maps give extra ``*_routing`` columns. ``locate="routing"`` scores
+AnyStory by its routing maps instead (the report then refuses its differences in the region metrics). Each row
+records its ``locator``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from tqdm.auto import tqdm
 from anystory import AnyStoryPipeline, routing_overlay, segment_from_routing_maps
 from training.evaluate.encoders import Encoders
 from training.evaluate.locate import GROUNDING, ROUTING, PhraseLocator
-from training.evaluate.metrics import crop, score
+from training.evaluate import calibration
+from training.evaluate.metrics import REGION_METRICS, crop, region_scores, score
 from training.evaluate.sets import EvalSample
 
 log = logging.getLogger(__name__)
 
 ANYSTORY, BASE, IP_ADAPTER = "anystory", "base-sdxl", "ip-adapter"
 BASELINES = (BASE, IP_ADAPTER)
+SEGMENTED, UNSEGMENTED = "segmented", "unsegmented"  # how CLIP-I and DINO see the references
 IP_ADAPTER_REPO, IP_ADAPTER_SUBFOLDER = "h94/IP-Adapter", "sdxl_models"
 IP_ADAPTER_WEIGHT = "ip-adapter-plus_sdxl_vit-h.safetensors"
 
@@ -45,8 +49,9 @@ class Settings:
 @dataclass
 class Generated:
     image: np.ndarray
-    regions: np.ndarray | None = None  # (N, H, W) bool subject regions
+    routed: np.ndarray | None = None  # (N, H, W) bool subject regions from AnyStory's routing maps
     overlay: np.ndarray | None = None  # the routing-map segmentation over the image
+    regions: np.ndarray | None = None  # the regions scored: routed or located by phrase
     locator: str | None = None  # where ``regions`` come from: ROUTING, GROUNDING, or None (not located)
 
 
@@ -79,17 +84,36 @@ def generate(pipe, system: str, sample: EvalSample, settings: Settings) -> Gener
     image = np.asarray(out.images[0].convert("RGB"))
     if not out.routing_maps:
         return Generated(image)
-    regions = segment_from_routing_maps(out.routing_maps, image.shape[:2])[0]
-    return Generated(image, regions, routing_overlay(image, out.routing_maps), ROUTING)
+    routed = segment_from_routing_maps(out.routing_maps, image.shape[:2])[0]
+    return Generated(image, routed, routing_overlay(image, out.routing_maps))
+
+
+def _locate(gen: Generated, sample: EvalSample, locator: PhraseLocator | None, locate: str) -> None:
+    """Set ``gen.regions`` and ``gen.locator``: the routing maps where asked (or where no locator is loaded), else
+    the phrase locator, else nothing."""
+    if gen.routed is not None and (locate == ROUTING or locator is None):
+        gen.regions, gen.locator = gen.routed, ROUTING
+    elif locator is not None:
+        gen.regions, gen.locator = locator(gen.image, [s.phrase for s in sample.subjects]), GROUNDING
+
+
+def _references(sample: EvalSample, references: str) -> tuple[list, list, list | None]:
+    """Per subject: what CLIP-I and DINO compare with (the real images, or segmented), the segmented crops the
+    region metrics compare with, and (real target frame only) the crop each subject was generated from."""
+    segmented = [[crop(img, m) for img, m in s.scoring] for s in sample.subjects]
+    whole = segmented if references == SEGMENTED else [[img for img, _ in s.scoring] for s in sample.subjects]
+    given = [crop(s.image, s.mask) for s in sample.subjects] if sample.target is not None else None
+    return whole, segmented, given
 
 
 def run(samples: list[EvalSample], pipe: AnyStoryPipeline, encoders: Encoders, settings: Settings,
         ip_adapter: str | None = None, progress: bool = True, locator: PhraseLocator | None = None,
-        locate: str = ROUTING) -> tuple[list[dict], dict[tuple[str, str], Generated]]:
-    """One row per (sample, system) with its scores, and the generated images by (sample id, system).
-    ``ip_adapter``: a weight file from ``ip_adapter_file`` (None: not run). ``locator`` finds the subjects of
-    images without routing maps (None: M-DINO and blending not measured there), and of every image when
-    ``locate`` is GROUNDING."""
+        locate: str = GROUNDING, references: str = UNSEGMENTED, calibrate: tuple[str, ...] = ()
+        ) -> tuple[list[dict], dict[tuple[str, str], Generated]]:
+    """One row per (sample, system) with its scores, and the images by (sample id, system). ``ip_adapter``: a
+    weight file from ``ip_adapter_file`` (None: not run); ``calibrate``: known-answer systems of ``calibration``
+    (samples without a real target frame skip them). ``locator`` finds the subjects of every image (None: only
+    routing maps locate); ``locate``: GROUNDING (every system alike) or ROUTING (AnyStory by its maps)."""
     systems = [ANYSTORY, BASE]
     passes = [(systems, pipe)]
     if ip_adapter is not None:
@@ -97,20 +121,32 @@ def run(samples: list[EvalSample], pipe: AnyStoryPipeline, encoders: Encoders, s
                                              if k in StableDiffusionXLPipeline._get_signature_keys(
                                                  StableDiffusionXLPipeline)[0]}, add_watermarker=False)
         passes.append(([IP_ADAPTER], plain))
+    if calibrate:
+        passes.append((list(calibrate), None))
     rows, images = [], {}
     for names, p in passes:
         if IP_ADAPTER in names:
             folder, weight = os.path.split(ip_adapter)
             p.load_ip_adapter(folder, subfolder="", weight_name=weight, image_encoder_folder=None)
         for sample in tqdm(samples, desc=" + ".join(names), unit="sample", disable=not progress, dynamic_ncols=True):
-            refs = [[crop(img, m) for img, m in s.scoring] for s in sample.subjects]
+            whole, segmented, given = _references(sample, references)
+            phrases = [s.phrase for s in sample.subjects]
             for system in names:
-                gen = generate(p, system, sample, settings)
-                if locator is not None and (gen.regions is None or locate == GROUNDING):
-                    gen.regions, gen.locator = locator(gen.image, [s.phrase for s in sample.subjects]), GROUNDING
+                if system in calibration.SYSTEMS:
+                    if not calibration.applicable(sample):
+                        continue
+                    gen = Generated(calibration.generate(system, sample))
+                else:
+                    gen = generate(p, system, sample, settings)
+                _locate(gen, sample, locator, locate)
                 images[sample.id, system] = gen
-                rows.append({"sample": sample.id, "set": sample.set, "system": system, "locator": gen.locator,
-                             "subjects": len(sample.subjects), "phrases": [s.phrase for s in sample.subjects],
-                             "prompt": sample.prompt, "seed": sample.seed,
-                             **score(encoders, gen.image, sample.prompt, refs, gen.regions)})
+                row = score(encoders, gen.image, sample.prompt, whole, gen.regions, phrases, segmented, given)
+                if gen.routed is not None and gen.locator != ROUTING:  # the routing maps' view, labelled
+                    routed = region_scores(encoders, gen.image, gen.routed, phrases,
+                                           [encoders.dino_images(r) for r in segmented],
+                                           None if given is None else [encoders.dino_images([g]) for g in given])
+                    row |= {f"{m}_routing": routed[m] for m in REGION_METRICS}
+                rows.append({"sample": sample.id, "set": sample.set, "cluster": sample.cluster, "system": system,
+                             "locator": gen.locator, "references": references, "subjects": len(sample.subjects),
+                             "phrases": phrases, "prompt": sample.prompt, "seed": sample.seed, **row})
     return rows, images

@@ -4,11 +4,14 @@ Three inputs, one ``EvalSample`` list:
 - a spec file (YAML, or JSONL with one case per line): subjects as image + optional mask + phrase, prompts with
   ``{0}``, ``{1}``… (or ``{}`` for one subject) placeholders, seeds; a case may instead give MS-Bench-style
   ``templates`` over ``scenes`` (``{scene}`` placeholder);
-- a folder in DreamBench's layout: ``<subject>/*.jpg`` plus ``prompts.txt`` (one prompt per line, ``{}`` = the
-  subject's phrase), optional ``classes.txt`` (``subject,phrase`` lines); the first image conditions, all score;
+- a folder in DreamBench's layout: the official one (``prompts_and_classes.txt``) or a plain one
+  (``prompts.txt``): ``training.evaluate.dreambench``;
 - held-out shards of a dataset the engine built: the training planner's target/reference choice (``training.plan``)
   gives reference frames per subject and a target frame; the target caption is the prompt and each subject is
   scored against its crop in the real target frame.
+
+Each sample names its ``cluster``: the subjects it repeats (a DreamBench subject, a spec case's subjects, a shard
+sample), which the intervals resample (``training.evaluate.stats``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class EvalSample:
     target: np.ndarray | None = None  # held-out shards: the real target frame
     size: tuple[int, int] | None = None  # (height, width) to generate at; None: the command's default
     meta: dict = field(default_factory=dict)
+    cluster: str = ""  # the subjects this sample repeats (the bootstrap's unit); "" = the sample's own id
+
+    def __post_init__(self):
+        self.cluster = self.cluster or self.id
 
 
 # --- spec files ---------------------------------------------------------------------------------------------------
@@ -74,7 +81,7 @@ class CaseSpec(_Spec):
     prompts: list[str] = []
     templates: list[str] = []  # MS-Bench style: each template over each scene
     scenes: list[str] = []
-    seeds: list[int] = [0]
+    seeds: list[int] | None = None  # default: the command's --seeds
 
     @model_validator(mode="after")
     def _has_prompts(self) -> "CaseSpec":
@@ -89,7 +96,7 @@ class SetSpec(_Spec):
     cases: list[CaseSpec] = Field(min_length=1)
 
 
-def _read_image(path: Path, mode: str = "RGB") -> np.ndarray:
+def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
     if not path.is_file():
         raise SpecError(f"missing image {path}")
     with Image.open(path) as im:
@@ -97,15 +104,15 @@ def _read_image(path: Path, mode: str = "RGB") -> np.ndarray:
 
 
 def _subject(spec: SubjectSpec, root: Path) -> EvalSubject:
-    image = _read_image(root / spec.image)
-    mask = _read_image(root / spec.mask, "L") > 127 if spec.mask else None
+    image = read_image(root / spec.image)
+    mask = read_image(root / spec.mask, "L") > 127 if spec.mask else None
     if mask is not None and (mask.shape != image.shape[:2] or not mask.any()):
         raise SpecError(f"mask {spec.mask}: must be a non-empty {image.shape[1]}x{image.shape[0]} mask of {spec.image}")
-    extra = [(_read_image(root / p), None) for p in spec.scoring]
+    extra = [(read_image(root / p), None) for p in spec.scoring]
     return EvalSubject(spec.phrase, image, mask, [(image, mask), *extra])
 
 
-def _fill(template: str, phrases: list[str], scene: str | None, where: str) -> str:
+def fill(template: str, phrases: list[str], scene: str | None, where: str) -> str:
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     try:
         text = template.format(*phrases, scene=scene) if "" not in fields else template.format(phrases[0], scene=scene)
@@ -118,24 +125,26 @@ def _fill(template: str, phrases: list[str], scene: str | None, where: str) -> s
     return text
 
 
-def from_spec(spec: SetSpec, root: Path) -> list[EvalSample]:
+def from_spec(spec: SetSpec, root: Path, seeds: list[int]) -> list[EvalSample]:
     samples = []
     for c, case in enumerate(spec.cases):
         subs = []
+        names = [s if isinstance(s, str) else f"{s.phrase} ({s.image})" for s in case.subjects]
         for s in case.subjects:
             if isinstance(s, str) and s not in spec.subjects:
                 raise SpecError(f"case {c}: unknown subject {s!r}; defined: {sorted(spec.subjects)}")
             subs.append(_subject(spec.subjects[s] if isinstance(s, str) else s, root))
         phrases = [s.phrase for s in subs]
-        prompts = [_fill(p, phrases, None, f"case {c}") for p in case.prompts]
-        prompts += [_fill(t, phrases, scene, f"case {c}") for t in case.templates for scene in case.scenes]
+        prompts = [fill(p, phrases, None, f"case {c}") for p in case.prompts]
+        prompts += [fill(t, phrases, scene, f"case {c}") for t in case.templates for scene in case.scenes]
         for p, prompt in enumerate(prompts):
-            for seed in case.seeds:
-                samples.append(EvalSample(f"{spec.name}-{c}-{p}-s{seed}", spec.name, prompt, seed, subs))
+            for seed in seeds if case.seeds is None else case.seeds:
+                samples.append(EvalSample(f"{spec.name}-{c}-{p}-s{seed}", spec.name, prompt, seed, subs,
+                                          cluster=" + ".join(names)))
     return samples
 
 
-def load_spec(path: Path) -> list[EvalSample]:
+def load_spec(path: Path, seeds: list[int]) -> list[EvalSample]:
     name = path.parent.name if path.stem == "spec" else path.stem
     try:
         if path.suffix == ".jsonl":
@@ -146,42 +155,16 @@ def load_spec(path: Path) -> list[EvalSample]:
             spec = SetSpec.model_validate({"name": name, **tree} if isinstance(tree, dict) else tree)
     except (ValidationError, json.JSONDecodeError, yaml.YAMLError) as e:
         raise SpecError(f"bad spec {path}: {e}") from e
-    return from_spec(spec, path.parent)
-
-
-# --- DreamBench layout --------------------------------------------------------------------------------------------
-
-def load_dreambench(root: Path, seeds: list[int]) -> list[EvalSample]:
-    prompts_file = root / "prompts.txt"
-    if not prompts_file.is_file():
-        raise SpecError(f"{root}: a DreamBench folder needs prompts.txt (one prompt per line, {{}} = the subject)")
-    prompts = [p.strip() for p in prompts_file.read_text().splitlines() if p.strip()]
-    classes = {}
-    if (root / "classes.txt").is_file():
-        for line in (root / "classes.txt").read_text().splitlines():
-            if "," in line:
-                name, phrase = line.split(",", 1)
-                classes[name.strip()] = phrase.strip()
-    samples = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            continue
-        arrays = [_read_image(p) for p in images]
-        phrase = classes.get(folder.name, folder.name.rstrip("0123456789").replace("_", " ").strip())
-        subject = EvalSubject(phrase, arrays[0], None, [(a, None) for a in arrays])
-        for p, prompt in enumerate(prompts):
-            text = _fill(prompt, [phrase], None, str(prompts_file))
-            samples += [EvalSample(f"{folder.name}-{p}-s{s}", root.name, text, s, [subject]) for s in seeds]
-    return samples
+    return from_spec(spec, path.parent, seeds)
 
 
 # --- held-out shards ----------------------------------------------------------------------------------------------
 
-def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int = 4, seed: int = 0
-             ) -> Iterator[EvalSample]:
-    """Up to ``limit`` samples of ``dataset`` with at least one subject, in shard order; pairs as training makes
-    them (``training.plan.choose``, no condition drop), generated at the target frame's aspect bucket."""
+def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int = 4, seed: int = 0,
+             seeds: list[int] | tuple[int, ...] = (0,)) -> Iterator[EvalSample]:
+    """Up to ``limit`` pairs of ``dataset`` with at least one subject, in shard order, each generated with every
+    seed of ``seeds``; pairs as training makes them (``training.plan.choose``, no condition drop, ``seed``), at the
+    target frame's aspect bucket."""
     params = AugmentParams(max_subjects=max_subjects, drop_rate=0.0, resolution=resolution,
                            bucket_step=min(64, resolution))
     buckets = sdxl_buckets(params.resolution, params.bucket_step, params.max_aspect)
@@ -198,14 +181,35 @@ def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int
         target = sample.frames[plan.target]
         subs = [EvalSubject(by_id[i].phrase, sample.frames[ref].image, by_id[i].masks[ref],
                             [(target.image, by_id[i].masks[plan.target])]) for i, ref in plan.subjects]
-        yield EvalSample(sample.key, name, target.caption, seed, subs, target=target.image, size=plan.bucket,
-                         meta={"target_frame": plan.target, "reference_frames": [r for _, r in plan.subjects]})
+        meta = {"target_frame": plan.target, "reference_frames": [r for _, r in plan.subjects]}
+        for s in seeds:
+            yield EvalSample(f"{sample.key}-s{s}", name, target.caption, s, subs, target=target.image,
+                             size=plan.bucket, meta=meta, cluster=sample.key)
         n += 1
 
 
-def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds: list[int], resolution: int
-         ) -> list[EvalSample]:
-    """Every sample to evaluate; a bad spec or an empty set raises ``SpecError`` (before any generation)."""
+def spread(samples: list[EvalSample], limit: int) -> list[EvalSample]:
+    """At most ``limit`` samples spread evenly over the subjects (clusters), not the first ones in folder order:
+    fewer than one per subject takes subjects at evenly spaced positions; more takes each subject's samples in
+    turn (round-robin). The chosen samples keep their order."""
+    groups: dict[str, list[int]] = {}
+    for k, s in enumerate(samples):
+        groups.setdefault(s.cluster, []).append(k)
+    clusters = list(groups.values())
+    if limit < len(clusters):
+        chosen = [clusters[i][0] for i in np.linspace(0, len(clusters) - 1, limit).round().astype(int)]
+    else:
+        turns = [g[k] for k in range(max(map(len, clusters))) for g in clusters if k < len(g)]
+        chosen = turns[:limit]
+    return [samples[k] for k in sorted(chosen)]
+
+
+def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds: list[int], resolution: int,
+         unique_token: str = "") -> list[EvalSample]:
+    """Every sample to evaluate, each prompt with every seed of ``seeds`` (spec cases with their own ``seeds``
+    keep them); a bad spec or an empty set raises ``SpecError`` (before any generation)."""
+    from training.evaluate import dreambench  # it builds on this module's samples and helpers
+
     samples: list[EvalSample] = []
     if set_path is not None:
         path = Path(set_path)
@@ -213,18 +217,18 @@ def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds:
             path = SHIPPED / set_path
         if path.is_dir():
             specs = [p for p in (path / "spec.yaml", path / "spec.jsonl") if p.is_file()]
-            samples += load_spec(specs[0]) if specs else load_dreambench(path, seeds)
+            samples += load_spec(specs[0], seeds) if specs else dreambench.load(path, seeds, unique_token)
         elif path.is_file():
-            samples += load_spec(path)
+            samples += load_spec(path, seeds)
         else:
             raise SpecError(f"--set {set_path}: no such file or folder (shipped sets: "
                             f"{sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())})")
         if limit is not None:
-            samples = samples[:limit]
+            samples = spread(samples, limit)
     if shards_dir is not None:
         if not shards.list_shards(shards_dir):
             raise SpecError(f"--shards {shards_dir}: no shards under {shards.join(shards_dir, shards.SHARDS_DIR)}")
-        samples += list(held_out(shards_dir, limit, resolution))
+        samples += list(held_out(shards_dir, limit, resolution, seeds=seeds))
     if not samples:
         raise SpecError("the evaluation set is empty: nothing to generate")
     return samples
