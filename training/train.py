@@ -25,9 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + (["data.allow_synthetic=true"] if args.allow_synthetic else [])
     cfg = load_config(args.config, overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from anystory import MissingAdapterPart
     from training.trainer import train  # heavy imports after the config is known to be valid
 
-    train(cfg, resume=args.resume)
+    try:
+        train(cfg, resume=args.resume)
+    except MissingAdapterPart as e:  # model.stage1_adapters (stage 2) or a resumed checkpoint lacks a part
+        print(f"training.train: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
