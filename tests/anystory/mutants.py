@@ -82,8 +82,8 @@ MUTANTS = {
     "carry_bilinear": _edit(_A.RoutingState, "previous_assignment", 'mode="nearest"', 'mode="bilinear"'),
     # -- §1 tests drive the path the model runs ----------------------------------------------------------------------
     # SubjectRouter.forward stops calling the refinement (the coarse logits only)
-    "router_forward_skips_refine": _edit(anystory.router.RouterLayer, "forward", "self.refine(routing, latents, valid)",
-                                         "routing"),
+    "router_forward_skips_refine": _edit(anystory.router.RouterLayer, "forward",
+                                         "self.refine(routing, latents, valid)", "routing"),
     # -- §1 the loss is what §3.4 says --------------------------------------------------------------------------------
     # λ applied a second time when the terms are summed
     "lambda_twice": _edit(_T, "step_losses", 'terms["loss"] = sum(terms.values())',
@@ -110,7 +110,8 @@ MUTANTS = {
     "reference_from_target": _edit(training.plan, "choose", "int(rng.choice(others)) if others else target",
                                    "target"),
     # routing masks in the reverse order of the references
-    "routing_slots_reversed": _edit(training.augment, "collate", 'item["routing"][f]\n', 'item["routing"][f].flip(0)\n'),
+    "routing_slots_reversed": _edit(training.augment, "collate", 'item["routing"][f]\n',
+                                    'item["routing"][f].flip(0)\n'),
     # -- §1 stages connect ---------------------------------------------------------------------------------------------
     # stage 2 loads the stage-1 subject encoder but not its ReferenceNet
     "stage2_skips_reference_net": _edit(_T, "build", "model.load_adapters(m.stage1_adapters, STAGE_PARTS[1])",
@@ -119,22 +120,24 @@ MUTANTS = {
     "stage2_trains_encoder": _edit(_M, "stage2_parameters", "return list(self.router.parameters())",
                                    "return [*self.router.parameters(), *self.subject_qformer.parameters()]"),
     # adapters folders load the parts they hold, silently (the behaviour before issue 19)
-    "missing_parts_accepted": _edit(_M, "load_adapters", "for name in (ADAPTER_CONFIG, *(ADAPTER_FILES[p] for p in parts)):",
+    "missing_parts_accepted": _edit(_M, "load_adapters",
+                                    "for name in (ADAPTER_CONFIG, *(ADAPTER_FILES[p] for p in parts)):",
                                     "parts = tuple(p for p in parts if (directory / ADAPTER_FILES[p]).is_file())\n"
-                                    "        for name in (ADAPTER_CONFIG,):"),
+                                    "    for name in (ADAPTER_CONFIG,):"),
     # -- §1 the pipeline segments subjects; evaluation samples like generate -------------------------------------------
     "pipeline_ignores_masks": _edit(anystory.pipeline.AnyStoryPipeline, "encode_subjects",
                                     "masks = subject_masks if subject_masks is not None else [None] * len(subjects)",
                                     "masks = [None] * len(subjects)"),
     "training_eval_euler": _edit(training.evaluate.during_training.TrainingEvaluation, "__init__",
-                                 "build_scheduler(cfg.model.pretrained)", 'build_scheduler(cfg.model.pretrained, "euler")'),
+                                 "build_scheduler(cfg.model.pretrained)",
+                                 'build_scheduler(cfg.model.pretrained, "euler")'),
     # -- §2 learning ---------------------------------------------------------------------------------------------------
     # the routing loss reaches no parameter (maps detached)
     "routing_loss_detached": _edit(_T, "step_losses", "routing_loss([m.float() for m in out.routing_maps]",
                                    "routing_loss([m.float().detach() for m in out.routing_maps]"),
     # the router sees the background's routing feature for every subject (its subject input lost)
-    "router_blind_to_subjects": _edit(_M, "encode_subjects", "return SubjectConditions(embeddings=slots(embeds, drop), routing=slots(routing)",
-                                      "return SubjectConditions(embeddings=slots(embeds, drop), routing=slots(routing[-1:].expand_as(routing))"),
+    "router_blind_to_subjects": _edit(_M, "encode_subjects", "routing=slots(routing)",
+                                      "routing=slots(routing[-1:].expand_as(routing))"),
     # no gradient into the ReferenceNet
     "reference_net_no_grad": _edit(_M, "encode_subjects", "torch.set_grad_enabled(torch.is_grad_enabled() and any(",
                                    "torch.set_grad_enabled(False and any("),

@@ -85,7 +85,7 @@ def test_mutant_turns_its_tests_red(mutant):
     tests = CAUGHT_BY[mutant]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "tests.anystory.mutants", *tests],
                          cwd=ROOT, env={**os.environ, "ANYSTORY_MUTANT": mutant}, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=1200)
     failed = set(re.findall(r"^FAILED (\S+)", run.stdout, re.M))
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert failed == set(tests), run.stdout[-3000:]
