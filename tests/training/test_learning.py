@@ -10,6 +10,8 @@ loader, on data written here:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,18 +23,19 @@ from training.config import load_config
 from training.loader import DataPosition, make_loader
 from training.trainer import STAGE_PARTS, build, prepare_for_stage, step_losses
 
+CONFIGS = Path(__file__).parents[2] / "configs" / "train"
 SIDE = 64
 pytestmark = pytest.mark.slow
 # measured on this machine (see the README's Training section): chance IoU ~0.07 before training
-ROUTER_BATCH, ROUTER_STEPS, ROUTER_LR = 4, 60, 3e-3
+ROUTER_BATCH, ROUTER_STEPS, ROUTER_LR = 2, 30, 3e-3
 CHANCE_IOU, LEARNED_IOU = 0.2, 0.3
-OVERFIT_STEPS, OVERFIT_LR, REFERENCE_GAP = 60, 1e-3, 0.05
+OVERFIT_STEPS, OVERFIT_LR, REFERENCE_GAP = 30, 1e-3, 0.05
 
 
 def _config(stage: int, dataset: str, out, **extra):
     items = {"data.sources": f"[{{path: {dataset}}}]", "train.output_dir": out, "train.tracker": "null",
              "data.augment.drop_rate": 0, **extra}
-    return load_config(f"configs/train/stage{stage}_tiny.yaml", [f"{k}={v}" for k, v in items.items()])
+    return load_config(CONFIGS / f"stage{stage}_tiny.yaml", [f"{k}={v}" for k, v in items.items()])
 
 
 def _batches(cfg, factors):

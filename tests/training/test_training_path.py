@@ -11,6 +11,8 @@ trainer's step (``step_losses``), checked against what AnyStory §3.4 says.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ from training.config import load_config
 from training.loader import DataPosition, make_loader
 from training.trainer import STAGE_PARTS, build, prepare_for_stage, step_losses
 
-CONFIGS = "configs/train"
+CONFIGS = Path(__file__).parents[2] / "configs" / "train"
 SIDE = 64
 BACKGROUND = (0, 0, 0)
 LEVELS = (255, 175, 95)  # frame j's brightness
