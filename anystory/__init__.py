@@ -24,8 +24,8 @@ from anystory.visualize import routing_grid, routing_overlay, segment_from_routi
 
 __all__ = [
     "AnyStoryModel", "AnyStoryOutput", "AnyStoryPipeline", "AnyStoryPipelineOutput", "MissingAdapterPart",
-    "ReferenceNet", "RoutingQFormer", "RoutingState", "SubjectBatch", "SubjectConditions", "SubjectQFormer", "SubjectRouter", "build_clip_vision",
-    "build_scheduler", "build_text_encoders_and_tokenizers", "build_unet", "build_vae", "load_config",
+    "ReferenceNet", "RoutingQFormer", "RoutingState", "SubjectBatch", "SubjectConditions", "SubjectQFormer",
+    "SubjectRouter", "build_clip_vision", "build_scheduler", "build_text_encoders_and_tokenizers", "build_unet", "build_vae", "load_config",
     "reference_latents", "routing_grid", "routing_loss", "routing_overlay", "segment_from_routing_maps",
     "segment_subject", "simplified_reference_unet",
 ]
