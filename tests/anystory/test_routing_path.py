@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from anystory.attention import transformer_blocks
 from anystory.router import SubjectRouter
 from tests.anystory.conftest import make_model, make_subjects, make_unet_inputs, perturb_adapters
+from tests.anystory.test_mechanism import _hand_attention as hand_attention
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +22,6 @@ def trained_tiny():
     model, _ = make_model()
     perturb_adapters(model, seed=5)  # reference and subject k/v away from the base weights they start from
     return model
-
-
-def _attend(q, k, v, heads, bias=None):
-    """softmax(Q Kᵀ/√d + bias) V per head, written out; (B, L, H·D) tokens, bias (B, L, L')."""
-    split = lambda x: x.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
-    q, k, v = split(q), split(k), split(v)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        scores = scores + bias[:, None]
-    return (scores.softmax(-1) @ v).transpose(1, 2).flatten(-2)
 
 
 def _one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,10 +80,11 @@ def test_processors_in_a_unet_forward_use_an_exactly_one_hot_sigma(trained_tiny,
                 if mode == "eval":
                     assert torch.equal(sigma, argmax), f"layer {layer}: σ is not the argmax of the router's maps"
                 stochastic_differs |= not torch.equal(sigma, argmax)
-                want = _attend(q, attn.to_k(text), attn.to_v(text), attn.heads)
+                want = hand_attention(q, attn.to_k(text), attn.to_v(text), heads=attn.heads)
                 for i in range(n1):
                     e = cond.embeddings[:, i]
-                    want = want + sigma[:, i, :, None] * _attend(q, proc.to_k_ip(e), proc.to_v_ip(e), attn.heads)
+                    subject = hand_attention(q, proc.to_k_ip(e), proc.to_v_ip(e), heads=attn.heads)
+                    want = want + sigma[:, i, :, None] * subject
             else:  # Eq. 6–8
                 if layer == 0:
                     continue
@@ -106,7 +98,7 @@ def test_processors_in_a_unet_forward_use_an_exactly_one_hot_sigma(trained_tiny,
                 v = torch.cat([attn.to_v(hidden), proc.to_v_ref(g).flatten(1, 2)], 1)
                 ref = torch.where(sel.transpose(1, 2).bool(), 0.0, float("-inf")).repeat_interleave(t, -1)
                 bias = torch.cat([ref.new_zeros(ref.shape[0], ref.shape[1], hidden.shape[1]), ref], -1)
-                want = _attend(q, k, v, attn.heads, bias)
+                want = hand_attention(q, k, v, bias, heads=attn.heads)
             torch.testing.assert_close(out, attn.to_out[0](want), rtol=1e-4, atol=1e-5,
                                        msg=lambda m, layer=layer, which=which: f"layer {layer} {which}: {m}")
     assert {(8, 4), (4, 8)} <= carried  # fine → coarse and coarse → fine both checked
