@@ -16,16 +16,16 @@ from anystory.builders import (
     load_config,
 )
 from anystory.encoder import RoutingQFormer, SubjectQFormer
-from anystory.model import AnyStoryModel, AnyStoryOutput, SubjectBatch
+from anystory.model import AnyStoryModel, AnyStoryOutput, MissingAdapterPart, SubjectBatch
 from anystory.pipeline import AnyStoryPipeline, AnyStoryPipelineOutput, segment_subject
 from anystory.reference_net import ReferenceNet, reference_latents, simplified_reference_unet
 from anystory.router import SubjectRouter, routing_loss
 from anystory.visualize import routing_grid, routing_overlay, segment_from_routing_maps
 
 __all__ = [
-    "AnyStoryModel", "AnyStoryOutput", "AnyStoryPipeline", "AnyStoryPipelineOutput", "ReferenceNet", "RoutingQFormer",
-    "RoutingState", "SubjectBatch", "SubjectConditions", "SubjectQFormer", "SubjectRouter", "build_clip_vision",
-    "build_scheduler", "build_text_encoders_and_tokenizers", "build_unet", "build_vae", "load_config",
+    "AnyStoryModel", "AnyStoryOutput", "AnyStoryPipeline", "AnyStoryPipelineOutput", "MissingAdapterPart",
+    "ReferenceNet", "RoutingQFormer", "RoutingState", "SubjectBatch", "SubjectConditions", "SubjectQFormer",
+    "SubjectRouter", "build_clip_vision", "build_scheduler", "build_text_encoders_and_tokenizers", "build_unet", "build_vae", "load_config",
     "reference_latents", "routing_grid", "routing_loss", "routing_overlay", "segment_from_routing_maps",
     "segment_subject", "simplified_reference_unet",
 ]

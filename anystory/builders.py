@@ -136,10 +136,12 @@ def build_clip_vision(size: str = "sdxl", pretrained: str | None = None, subfold
 
 
 SAMPLERS = ("edm", "edm-heun", "edm-euler", "euler")
+SAMPLER = "edm"  # the paper's sampling: the default of every generation (pipeline, generate, evaluations)
 
 
-def build_scheduler(pretrained: str | None = None, sampler: str = "euler") -> SchedulerMixin:
-    """SDXL's noise schedule (``scheduler.json`` or ``pretrained``'s) with one of ``SAMPLERS``:
+def build_scheduler(pretrained: str | None = None, sampler: str = SAMPLER) -> SchedulerMixin:
+    """SDXL's noise schedule (``scheduler.json`` or ``pretrained``'s) with one of ``SAMPLERS`` (default ``SAMPLER``;
+    training's noise schedule is "euler"'s config):
 
     - "edm": DPM-Solver++(2M), second order, on EDM's noise levels (Karras et al. 2022, Eq. 5, ρ = 7, from the UNet's
       σ(t=999) down to σ(t=0)): the algorithm and levels of diffusers' ``EDMDPMSolverMultistepScheduler``, which

@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 
 from anystory import builders
+from anystory.model import MissingAdapterPart
 from anystory.pipeline import AnyStoryPipeline
 from anystory.visualize import labelled_routing_grid, routing_overlay, segment_from_routing_maps
 
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=DTYPES, default="bf16" if torch.cuda.is_available() else "fp32")
     args = p.parse_args(argv)
     subjects = [parse_subject(s) for s in args.subject]
-    pipe = load_pipeline(args)
+    try:
+        pipe = load_pipeline(args)
+    except MissingAdapterPart as e:
+        print(f"anystory.generate: --adapters {e}", file=sys.stderr)
+        return 2
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
     options = {k: v for k, v in {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
                                  "height": args.height, "width": args.width}.items() if v is not None}

@@ -55,6 +55,10 @@ ADAPTER_FILES = {"subject_encoder": "subject_encoder.safetensors", "reference_ne
 ADAPTER_PARTS = {"subject_encoder": "subject_qformer", "reference_net": "reference_net", "router": "router"}  # → config
 
 
+class MissingAdapterPart(FileNotFoundError):
+    """An adapters folder without a part it must hold (the message names the part and its file)."""
+
+
 @dataclass
 class SubjectBatch:
     """Subjects of a batch, padded to N_max slots.
@@ -250,15 +254,20 @@ class AnyStoryModel(nn.Module):
                       str(directory / ADAPTER_FILES[part]), metadata={"format": str(ADAPTER_FORMAT), "part": part})
         (directory / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config(), indent=2))
 
-    def load_adapters(self, directory: str | Path, parts: tuple[str, ...] | None = None) -> list[str]:
-        """Load the parts present in ``directory`` (or exactly ``parts``), strictly; returns the loaded part names.
-        Refuses adapters saved for another architecture (layer names or part configs differ)."""
+    def load_adapters(self, directory: str | Path, parts: tuple[str, ...] = tuple(ADAPTER_FILES)) -> list[str]:
+        """Load ``parts`` (default: all three, what inference needs) from ``directory``, strictly; returns their
+        names. A part missing from the folder raises ``MissingAdapterPart`` naming it (a stage-2 checkpoint holds
+        the router only: loading it alone would leave the encoder untrained without a word). Refuses adapters saved
+        for another architecture (layer names or part configs differ)."""
         directory = Path(directory)
+        for name in (ADAPTER_CONFIG, *(ADAPTER_FILES[p] for p in parts)):
+            if not (directory / name).is_file():
+                part = next((p for p in parts if ADAPTER_FILES[p] == name), "config")
+                raise MissingAdapterPart(f"{directory}: adapters lack their {part} part (no {name})")
         saved, ours = json.loads((directory / ADAPTER_CONFIG).read_text()), self.adapter_config()
         for key in ("format", "layers"):
             if saved.get(key) != ours[key]:
                 raise ValueError(f"{directory}: adapters saved with another {key} than this model's")
-        parts = parts or tuple(p for p, f in ADAPTER_FILES.items() if (directory / f).is_file())
         targets = self.adapter_state_dicts()
         for part in parts:
             if saved[ADAPTER_PARTS[part]] != ours[ADAPTER_PARTS[part]]:

@@ -99,7 +99,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     @classmethod
     def build(cls, size: str = "sdxl", pretrained: str | None = None, clip_pretrained: str | None = None,
               adapters: str | None = None, ip_adapter: str | None = None, device=None, dtype=None,
-              sampler: str = "edm") -> AnyStoryPipeline:
+              sampler: str = builders.SAMPLER) -> AnyStoryPipeline:
         """Every component from ``anystory.builders`` (``size="tiny"``: all random and offline), then the trained
         adapters from ``adapters`` (a ``save_adapters`` directory) when given. ``sampler``: one of
         ``builders.SAMPLERS``; "edm" (the default, as the paper samples) is the second-order DPM-Solver++(2M) on

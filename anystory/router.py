@@ -80,10 +80,14 @@ class SubjectRouter(ModelMixin, ConfigMixin):
 
 
 def assignment(logits: torch.Tensor, stochastic: bool) -> torch.Tensor:
-    """σ(M) of Eq. 5/8 over dim 1: argmax one-hot, or a hard straight-through Gumbel-softmax sample."""
-    if stochastic:
-        return F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
-    return F.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    """σ(M) of Eq. 5/8 over dim 1, exactly one-hot in value: the argmax, or a straight-through Gumbel-softmax sample
+    (the one-hot of the sample's argmax, with the soft sample's gradient). Written out because
+    ``F.gumbel_softmax(hard=True)`` returns ``hard − soft.detach() + soft``, whose ones are 1 ± 1 ulp."""
+    if not stochastic:
+        return F.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    soft = F.gumbel_softmax(logits, tau=1.0, hard=False, dim=1)
+    hard = F.one_hot(soft.argmax(1), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    return hard + (soft - soft.detach())  # the second term is exactly 0 in value
 
 
 def downsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

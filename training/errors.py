@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from anystory.model import MissingAdapterPart
 from datagen.models import MissingModelError
 from datagen.shards import FormatError
 from training.evaluate.sets import SpecError
 from training.streams import BrokenShardsError, SyntheticDataError
 
-EXPECTED = (BrokenShardsError, SyntheticDataError, FormatError, MissingModelError, SpecError)
+EXPECTED = (BrokenShardsError, SyntheticDataError, FormatError, MissingModelError, MissingAdapterPart, SpecError)
 
 
 def one_line(e: BaseException) -> str:

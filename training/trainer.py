@@ -82,7 +82,7 @@ def build(cfg: Config, device: torch.device) -> tuple[AnyStoryModel, Frozen]:
         loaded = model.load_adapters(m.stage1_adapters, STAGE_PARTS[1])
         log.info("stage 2: loaded stage-1 adapters %s from %s", loaded, m.stage1_adapters)
     te, te2, tok, tok2 = build_text_encoders_and_tokenizers(m.size, m.pretrained, device=device, dtype=dtype)
-    noise = DDPMScheduler.from_config(build_scheduler(m.pretrained).config)
+    noise = DDPMScheduler.from_config(build_scheduler(m.pretrained, "euler").config)
     frozen = Frozen(build_vae(m.size, m.pretrained, device=device, dtype=dtype), (te, te2), (tok, tok2), noise)
     for module in (frozen.vae, te, te2):
         module.requires_grad_(False).eval()

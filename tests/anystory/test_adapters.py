@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from anystory.model import ADAPTER_FILES, AnyStoryModel
+from anystory.model import ADAPTER_FILES, AnyStoryModel, MissingAdapterPart
 from tests.anystory.conftest import make_model, make_subjects, make_unet_inputs, perturb_adapters
 
 
@@ -51,7 +51,9 @@ def test_stage_parts_save_and_load_alone(tmp_path):
     assert not (tmp_path / "router.safetensors").exists()
     fresh, _ = make_model()
     router_before = {k: v.clone() for k, v in fresh.router.state_dict().items()}
-    assert fresh.load_adapters(tmp_path) == ["subject_encoder", "reference_net"]
+    with pytest.raises(MissingAdapterPart, match="router part .no router.safetensors"):
+        fresh.load_adapters(tmp_path)  # all three by default: inference needs every part
+    assert fresh.load_adapters(tmp_path, ("subject_encoder", "reference_net")) == ["subject_encoder", "reference_net"]
     assert all(torch.equal(v, router_before[k]) for k, v in fresh.router.state_dict().items())
     assert torch.equal(fresh.subject_qformer.resampler.latents, trained.subject_qformer.resampler.latents)
 

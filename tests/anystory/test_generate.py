@@ -62,3 +62,12 @@ def test_bad_subject_and_missing_weights_are_clear_errors(tmp_path):
 def test_shown_steps_include_first_and_last():
     assert generate.shown_steps(25, 5) == [0, 6, 12, 18, 24]
     assert generate.shown_steps(2, 5) == [0, 1]
+
+
+def test_adapters_missing_a_part_exit_2_naming_it(tmp_path, capsys):
+    torch.manual_seed(0)
+    AnyStoryPipeline.build("tiny").model.save_adapters(tmp_path / "ad", parts=("router",))  # stage-2 step-N
+    code = generate.main(["--size", "tiny", "--adapters", str(tmp_path / "ad"), "--prompt", "x",
+                          "--subject", _subject_files(tmp_path, 1), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "subject_encoder part" in err[0] and not (tmp_path / "out").exists()

@@ -60,9 +60,9 @@ def _inputs(seed: int = 2):
     return torch.randn(B, S, DIM, generator=g, dtype=DT), torch.randn(B, 7, CTX, generator=g, dtype=DT)
 
 
-def _hand_attention(q, k, v, bias=None):
+def _hand_attention(q, k, v, bias=None, heads=HEADS):
     """softmax(Q Kᵀ / √d + bias) V per head, written out; q (B, L, H·D), k/v (B, L', H·D), bias (B, L, L')."""
-    split = lambda x: x.unflatten(-1, (HEADS, -1)).transpose(1, 2)  # noqa: E731
+    split = lambda x: x.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
     q, k, v = split(q), split(k), split(v)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if bias is not None:

@@ -4,12 +4,16 @@ import copy
 import inspect
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from anystory.model import MissingAdapterPart, SubjectBatch
 from anystory.pipeline import AnyStoryPipeline, segment_subject
+from anystory.reference_net import reference_latents
+from anystory.router import downsample_masks
 from anystory.visualize import routing_grid, routing_overlay, segment_from_routing_maps
 from tests.anystory.conftest import perturb_adapters
 
@@ -255,3 +259,42 @@ def test_subjects_are_encoded_once_per_generation(pipe):
     evaluations = len(pipe.scheduler.timesteps)
     assert evaluations >= STEPS and calls.pop("unet") == evaluations
     assert calls == {"image_encoder": 1, "subject_qformer": 1, "reference_net": 1, "routing_qformer": 1}
+
+
+def test_subject_masks_segment_the_subjects_before_encoding(pipe):
+    """The pipeline's encoding of (image, mask) is the model's encoding of the subject cut out by hand (§3.2): the
+    mask's box grown by 10 % per side, the rest white, padded to a square."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    mask = np.zeros((100, 100), np.uint8)
+    mask[20:60, 30:62] = 255  # 40 × 32: grown by 4 and 3 px per side to 48 × 38, padded to 48 × 48 (5 px left)
+    square = np.full((48, 48, 3), 255, np.uint8)
+    square[4:44, 8:40] = image[20:60, 30:62]
+    square_mask = np.zeros((48, 48), np.float32)
+    square_mask[4:44, 8:40] = 1
+    size = pipe.reference_net.config.reference_size
+    latent = size // pipe.vae_scale_factor
+    pixels = torch.from_numpy(np.array(PIL.Image.fromarray(square).resize((size, size), PIL.Image.Resampling.BICUBIC)))
+    batch = SubjectBatch(
+        clip_pixel_values=pipe.feature_extractor(images=[PIL.Image.fromarray(square)],
+                                                 return_tensors="pt").pixel_values[None],
+        reference_latents=reference_latents(pipe.vae, pixels.permute(2, 0, 1)[None].float() / 127.5 - 1)[None],
+        reference_masks=downsample_masks(torch.from_numpy(square_mask), (latent, latent))[None, None, None],
+        valid=torch.ones(1, 1, dtype=torch.bool))
+    with torch.no_grad():
+        want = pipe.model.encode_subjects(batch)
+    got = pipe.encode_subjects([image], [mask])
+    torch.testing.assert_close(got.embeddings, want.embeddings, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.routing, want.routing, rtol=0, atol=1e-6)
+    assert [g is None for g in got.reference] == [w is None for w in want.reference]
+    for g, w in zip(got.reference, want.reference):  # a contiguous copy of the pixels: other conv kernels, 1e-4
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)
+    whole = pipe.encode_subjects([image], [None])  # the whole image as the subject: another encoding
+    assert (whole.embeddings - want.embeddings).abs().max() > 1e-4
+
+
+def test_adapters_missing_a_part_are_refused_naming_it(tmp_path):
+    torch.manual_seed(0)
+    AnyStoryPipeline.build("tiny").model.save_adapters(tmp_path, parts=("router",))  # a stage-2 checkpoint's
+    with pytest.raises(MissingAdapterPart, match="subject_encoder part .no subject_encoder.safetensors"):
+        AnyStoryPipeline.build("tiny", adapters=str(tmp_path))
