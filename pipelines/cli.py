@@ -1,5 +1,6 @@
 """``python -m pipelines <source|all> --config FILE [--out DIR] [--address ADDR] [--models auto|real|tiny]
 [--limit N] [--retry-quarantined]``
+and ``python -m pipelines retrieve --dataset DIR --out DIR2 [--config FILE]`` (pipelines/retrieve.py).
 
 ``all`` runs every source that has a section in the config (in name order) into one dataset.
 Exit status: 0 when the run finished (quarantined units included), 2 for a bad config or arguments, missing
@@ -39,6 +40,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["retrieve"]:  # cross-context pairs from a finished dataset: its own arguments
+        from pipelines.retrieve import main as retrieve_main
+
+        return retrieve_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     from pipelines.config import ConfigError, load_config

@@ -1,4 +1,4 @@
-"""``python -m datagen.shards validate|stats|view DIR``."""
+"""``python -m datagen.shards validate|stats|view|report DIR``."""
 
 import argparse
 import sys
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=100, help="at most this many samples")
     g.add_argument("--source", help="only samples of this kind (video|objaverse|image|router)")
+    r = sub.add_parser("report", help="write a self-contained HTML data-quality report with plots")
+    r.add_argument("dataset")
+    r.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.command == "validate":
         from datagen.shards.validate import validate
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from datagen.shards.stats import main as stats_main
 
         return stats_main(args.dataset, args.json)
+    if args.command == "report":
+        from datagen.shards.report import main as report_main
+
+        return report_main(args.dataset, args.out)
     from datagen.shards.gallery import main as view_main
 
     return view_main(args.dataset, args.out, args.limit, args.source)
