@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
     from pipelines.lock import OutputError
-    from pipelines.runner import InputError, ResourceError, report, run_source
+    from pipelines.runner import InputError, ResourceError, report, run_source, write_quality_report
     from pipelines.sources import SOURCES
 
     overrides = {k: v for k, v in (("out", args.out), ("ray.address", args.address),
@@ -78,4 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         quarantined += result.processed["filtered"] + result.processed["failed"]
     print(f"done: dataset at {cfg.out}; {quarantined} units quarantined in this run "
           f"(see {cfg.out}/quarantine.parquet)")
+    quality = write_quality_report(cfg.out)
+    if quality:
+        print(f"data-quality report: {quality}")
     return 0

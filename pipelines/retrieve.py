@@ -175,9 +175,12 @@ def retrieve(dataset: str, out: str, cfg: RetrieveConfig) -> dict[str, Any]:
     manifest["synthetic_models"] = bool(manifest.get("synthetic_models")) or bool(upstream)
     manifest["retrieval"] = summary
     shards.write_manifest(out, manifest)
-    from pipelines.runner import report
+    from pipelines.runner import report, write_quality_report
 
     print(report(result))
+    quality = write_quality_report(out)
+    if quality:
+        print(f"data-quality report: {quality}")
     return summary
 
 
