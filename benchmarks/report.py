@@ -38,6 +38,7 @@ def make_dataset(out: str, n: int) -> None:
     rng = np.random.default_rng(0)
     os.makedirs(shards.join(out, shards.SHARDS_DIR), exist_ok=True)
     quarantine = []
+    os.makedirs(shards.join(out, shards.INDEX_FILE), exist_ok=True)
     for s, first in enumerate(range(0, n, scale.SEGMENT_UNITS)):
         rows, index = scale.ledger_rows(first, min(scale.SEGMENT_UNITS, n - first), 1e9 + s)
         m = index.num_rows
@@ -55,7 +56,6 @@ def make_dataset(out: str, n: int) -> None:
         pq.write_table(index, shards.join(out, shards.INDEX_FILE, f"{scale.SOURCE}-{s:04d}.parquet"))
         kept = np.asarray(rows["status"]) == "kept"
         quarantine.append(rows.filter(pa.array(~kept)).select(list(shards.QUARANTINE_COLUMNS)))
-    os.makedirs(shards.join(out, shards.INDEX_FILE), exist_ok=True)
     table = pa.concat_tables(quarantine)
     table = table.append_column("source", pa.array([scale.SOURCE] * len(table))).append_column(
         "kind", pa.array(["router"] * len(table)))

@@ -48,9 +48,11 @@ class AnnParams(Params):
     quantisation (d bytes a vector) whose ``k * rerank`` candidates are re-ranked on the exact vectors."""
 
     exact_below: int = Field(50_000, ge=0)
-    nlist: int | None = None  # IVF lists; default 4·√n
+    # IVF lists; default √n (1,000 at 1 M): faiss suggests 4–16·√n for large n, fewer lists train faster (k-means
+    # cost ∝ lists × training vectors) and each probe scans more vectors; recall is measured in benchmarks/retrieval.py
+    nlist: int | None = None
     nprobe: int = Field(32, ge=1)
-    train_size: int = Field(100_000, ge=1)  # vectors the quantiser is trained on
+    train_size: int = Field(50_000, ge=1)  # vectors the quantiser is trained on (~50 a list at 1 M)
     rerank: int = Field(4, ge=1)
     query_batch: int = Field(4096, ge=1)
 
@@ -161,7 +163,7 @@ def read_view(url: str, key: str, frame: int, members: dict[str, tuple[int, int]
 
 class SubjectIndex:
     """Inner product over L2-normalised vectors (cosine). Exact (``IndexFlatIP``, 4·d bytes a vector) below
-    ``exact_below`` vectors; above, IVF + 8-bit scalar quantiser (``IndexIVFScalarQuantizer``, d bytes a vector
+    ``exact_below`` vectors; above, IVF (√n lists) + 8-bit scalar quantiser (``IndexIVFScalarQuantizer``, d bytes a vector
     plus the lists' ids) trained on ``train_size`` vectors, and ``search`` re-ranks its ``k · rerank`` candidates
     on the exact vectors (faiss itself is the field's library for this; the re-rank only reads the rows it needs)."""
 
@@ -173,7 +175,7 @@ class SubjectIndex:
         if self.exact:
             self.index = faiss.IndexFlatIP(d)
         else:
-            nlist = p.nlist or max(1, int(4 * np.sqrt(n)))
+            nlist = p.nlist or max(1, int(np.sqrt(n)))
             self.quantizer = faiss.IndexFlatIP(d)
             self.index = faiss.IndexIVFScalarQuantizer(self.quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                        faiss.METRIC_INNER_PRODUCT)

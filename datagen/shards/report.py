@@ -202,7 +202,8 @@ def funnel_figure(manifest: dict[str, Any], reasons: dict[str, Counter]) -> str 
     if not counts and not reasons:
         return None
     names = sorted(counts) or sorted(reasons)
-    fig, (bars, why) = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 2.2), width_ratios=(1, 1.4))
+    fig, (bars, why) = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 2.2), width_ratios=(1, 1.4),
+                                    layout="constrained")
     left = np.zeros(len(names))
     for status, colour in (("units_kept", "#3a923a"), ("units_filtered", "#e0a030"), ("units_failed", "#c03030")):
         v = np.array([counts.get(n, {}).get(status, 0) for n in names], float)
@@ -290,7 +291,7 @@ def pairs_figure(summary: IndexSummary) -> str | None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names) + 0.6, 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         s = summary.sources[name]
-        ax.scatter(s.scatter[:, 2], s.scatter[:, 1], s=4, alpha=0.5)
+        ax.scatter(s.scatter[:, 2], s.scatter[:, 1], s=4 if len(s.scatter) > 200 else 12, alpha=0.5)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("least change of a pair (pair_change_min)")
         ax.set_ylabel("least identity (pair_identity_min)")
