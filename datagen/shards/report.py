@@ -237,31 +237,20 @@ def bars_figure(summary: IndexSummary, attr: str, title: str, xlabel: str, top: 
     return svg(fig)
 
 
-def area_figure(summary: IndexSummary) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.4, 3))
-    centres = (AREA_BINS[:-1] + AREA_BINS[1:]) / 2
-    for name in sorted(summary.sources):
-        s = summary.sources[name]
-        line = ax.plot(centres, s.area_max / max(s.area_max.sum(), 1), label=f"{name} largest")[0]
-        ax.plot(centres, s.area_min / max(s.area_min.sum(), 1), ls="--", color=line.get_color(),
-                label=f"{name} smallest")
-    ax.set_xlabel("subject mask area / frame area (smallest and largest subject of a sample)")
-    ax.set_ylabel("fraction of samples")
-    ax.set_title("subject area")
-    ax.legend(fontsize=7)
-    return svg(fig)
-
-
-def words_figure(summary: IndexSummary) -> str:
+def lines_figure(summary: IndexSummary, title: str, xlabel: str, x: np.ndarray,
+                 series: list[tuple[str, str, str]], drawstyle: str = "default") -> str:
+    """Per source, one line per (accumulator, label suffix, line style) as fractions of its samples, one colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3))
     for name in sorted(summary.sources):
-        v = summary.sources[name].words
-        ax.step(np.arange(len(v)), v / max(v.sum(), 1), where="mid", label=name)
-    ax.set_xlabel(f"caption words (frame 0; last bin ≥ {WORDS_MAX})")
+        colour = None
+        for attr, suffix, style in series:
+            v = getattr(summary.sources[name], attr)
+            colour = ax.plot(x, v / max(v.sum(), 1), ls=style, color=colour, drawstyle=drawstyle,
+                             label=name + suffix)[0].get_color()
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of samples")
-    ax.set_title("caption length")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     return svg(fig)
 
@@ -428,9 +417,12 @@ def report(dataset: str) -> str:
     if summary.sources:
         sections.append('<h2>Distributions</h2><div class="grid">' + "".join(f"<div>{f}</div>" for f in (
             bars_figure(summary, "subjects", "subjects per sample", "subjects", MAX_COUNT),
-            area_figure(summary),
+            lines_figure(summary, "subject area", "subject mask area / frame area (smallest and largest subject "
+                         "of a sample)", (AREA_BINS[:-1] + AREA_BINS[1:]) / 2,
+                         [("area_max", " largest", "-"), ("area_min", " smallest", "--")]),
             bars_figure(summary, "frames", "frames per sample", "frames", MAX_COUNT),
-            words_figure(summary),
+            lines_figure(summary, "caption length", f"caption words (frame 0; last bin ≥ {WORDS_MAX})",
+                         np.arange(WORDS_MAX + 1), [("words", "", "-")], "steps-mid"),
             sizes_figure(summary),
         )) + "</div>")
     pairs = pairs_figure(summary)
