@@ -1,5 +1,6 @@
 """``python -m pipelines <source|all> --config FILE [--out DIR] [--address ADDR] [--models auto|real|tiny]
 [--limit N] [--retry-quarantined]``
+and ``python -m pipelines retrieve --dataset DIR --out DIR2 [--config FILE]`` (pipelines/retrieve.py).
 
 ``all`` runs every source that has a section in the config (in name order) into one dataset.
 Exit status: 0 when the run finished (quarantined units included), 2 for a bad config or arguments, missing
@@ -40,12 +41,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["retrieve"]:  # cross-context pairs from a finished dataset: its own arguments
+        from pipelines.retrieve import main as retrieve_main
+
+        return retrieve_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet()
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
     from pipelines.lock import OutputError
-    from pipelines.runner import InputError, ResourceError, report, run_source
+    from pipelines.runner import InputError, ResourceError, report, run_source, write_quality_report
     from pipelines.sources import SOURCES
 
     overrides = {k: v for k, v in (("out", args.out), ("ray.address", args.address),
@@ -74,4 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         quarantined += result.processed["filtered"] + result.processed["failed"]
     print(f"done: dataset at {cfg.out}; {quarantined} units quarantined in this run "
           f"(see {cfg.out}/quarantine.parquet)")
+    quality = write_quality_report(cfg.out)
+    if quality:
+        print(f"data-quality report: {quality}")
     return 0

@@ -350,6 +350,21 @@ def _merge_counts(counts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def write_quality_report(out: str) -> str | None:
+    """The dataset's data-quality report (``python -m datagen.shards report``), rewritten at the end of a run into
+    ``<out>/report.html``; returns its path, or None (with a warning) when it could not be made: the run's data is
+    written either way."""
+    from datagen.shards.report import REPORT_FILE, write_report
+
+    path = shards.join(out, REPORT_FILE)
+    try:
+        write_report(out, path)
+    except Exception:  # noqa: BLE001 — a plotting bug must not turn a finished run into a failed one
+        log.warning("could not write the data-quality report %s", path, exc_info=True)
+        return None
+    return path
+
+
 def report(result: RunResult) -> str:
     """The end-of-run stats report (this run, then the dataset's totals for the source)."""
     c = result.counts

@@ -1,4 +1,4 @@
-"""``python -m datagen.shards validate|stats|view DIR``."""
+"""``python -m datagen.shards validate|stats|view|report DIR``."""
 
 import argparse
 import sys
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("out")
     h.add_argument("--row-group-bytes", type=int, default=None, help="bytes of samples per parquet row group, "
                    "what the export holds at once (default: the datasets library's 100 MB)")
+    r = sub.add_parser("report", help="write a self-contained HTML data-quality report with plots")
+    r.add_argument("dataset")
+    r.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.command == "validate":
         from datagen.shards.validate import validate
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from datagen.shards import hf
 
         return hf.main(args.dataset, args.out, args.row_group_bytes or hf.ROW_GROUP_BYTES)
+    if args.command == "report":
+        from datagen.shards.report import main as report_main
+
+        return report_main(args.dataset, args.out)
     from datagen.shards.gallery import main as view_main
 
     return view_main(args.dataset, args.out, args.limit, args.source)

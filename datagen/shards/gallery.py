@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import os
 from itertools import islice
 from typing import Iterator
 
@@ -22,6 +23,7 @@ from datagen import shards
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
 THUMB = 384
+REPORT_FILE = "report.html"  # python -m datagen.shards report's output inside a dataset
 ALPHA = 0.45
 
 CSS = """
@@ -104,15 +106,24 @@ def pipeline_samples(dataset: str, source: str | None = None) -> Iterator[tuple[
                 yield pipeline, sample
 
 
-def gallery(dataset: str, limit: int = 100, source: str | None = None) -> str:
+def gallery(dataset: str, limit: int = 100, source: str | None = None, report_href: str | None = None) -> str:
     body = [sample_html(s, pipeline) for pipeline, s in islice(pipeline_samples(dataset, source), limit)]
     title = html.escape(f"{dataset} — {len(body)} samples")
+    link = f'<p><a href="{html.escape(report_href)}">data-quality report</a></p>' if report_href else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"
-            f"</head><body><h1>{title}</h1>{''.join(body)}</body></html>")
+            f"</head><body><h1>{title}</h1>{link}{''.join(body)}</body></html>")
+
+
+def report_href(dataset: str, out: str) -> str | None:
+    """The dataset's ``report.html`` (written at the end of a pipeline run) relative to the gallery file, if any."""
+    report = os.path.join(dataset, REPORT_FILE)
+    if "://" in dataset or not os.path.exists(report):
+        return None
+    return os.path.relpath(report, os.path.dirname(os.path.abspath(out)))
 
 
 def main(dataset: str, out: str, limit: int, source: str | None) -> int:
-    page = gallery(dataset, limit, source)
+    page = gallery(dataset, limit, source, report_href(dataset, out))
     with open(out, "w", encoding="utf-8") as f:
         f.write(page)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB)")

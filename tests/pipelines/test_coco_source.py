@@ -97,3 +97,9 @@ def test_hostile_inputs_are_quarantined_by_name_and_the_dataset_validates(tmp_pa
     }
     assert sorted(s.provenance["file_name"] for s in shards.iter_samples(out)) == [
         "000000.jpg", "000001.jpg", "000002.jpg"]  # each once; image 1 listed twice is one unit
+
+
+def test_run_ends_with_the_data_quality_report(run):
+    out, _, _ = run
+    page = open(f"{out}/report.html", encoding="utf-8").read()  # written (and its path printed) by the CLI
+    assert f"{out}: 3 samples" in page and "<h2>Funnel</h2><div" in page
