@@ -29,7 +29,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from pipelines.sources import SOURCES
 
     p = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", choices=[*SOURCES, "all"])
+    # "retrieve" is dispatched before this parser (its own arguments); listed so --help shows it
+    p.add_argument("source", choices=[*SOURCES, "all", "retrieve"])
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/)")
     p.add_argument("--out", help="dataset directory or fsspec URL (overrides `out`)")
     p.add_argument("--address", help="Ray cluster address: auto, ray://host:10001 (overrides ray.address)")
