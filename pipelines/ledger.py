@@ -37,7 +37,7 @@ from datagen import shards
 
 log = logging.getLogger(__name__)
 
-LEDGER_DIR = "_ledger"
+LEDGER_DIR = shards.LEDGER_DIR
 KEPT, FILTERED, FAILED = "kept", "filtered", "failed"
 SEGMENT = "seg"  # stem of a merged file: "<source>-seg-<id>"
 PART_SCHEMA = pa.schema([

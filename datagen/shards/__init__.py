@@ -40,6 +40,7 @@ SHARDS_DIR = "shards"
 INDEX_FILE = "index.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 MANIFEST_FILE = "manifest.json"
+LEDGER_DIR = "_ledger"  # the pipelines' resume ledger (pipelines/ledger.py), one folder per source
 INDEX_COLUMNS = (
     "key", "shard", "source", "n_frames", "n_subjects", "width", "height", "caption",
     "subject_area_min", "subject_area_max",
@@ -54,8 +55,10 @@ SHARD_NAME = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<number>\d{6})\.tar$")
 FRAME_FILE = re.compile(r"^frame\.(?P<j>\d+)\.jpg$")
 MASK_FILE = re.compile(r"^mask\.(?P<j>\d+)\.(?P<i>\d+)\.png$")
 DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
-TMP_SUFFIX = ".tmp-"  # + 8 hex digits: a file being written, renamed to its final name when whole
-TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")
+# A file being written is ``.<final name>.anystory-tmp-<8 hex digits>`` beside it, renamed when whole: a name no
+# user file has, so the clean-up of killed runs' leftovers never takes a user's ``holiday.jpg.tmp-0badcafe``.
+TMP_SUFFIX = ".anystory-tmp-"
+TMP_NAME = re.compile(r"^\..+\.anystory-tmp-[0-9a-f]{8}$")
 
 
 @dataclass
@@ -316,15 +319,27 @@ def _sync_dir(path: str) -> None:
         os.close(fd)
 
 
-def remove_temporaries(dataset: str) -> list[str]:
-    """Delete the half-written temporary files that killed runs left anywhere under ``dataset``.
+def engine_folders(dataset: str) -> list[str]:
+    """The folders the engine writes into (and nowhere else under ``dataset``): its root (manifest, lock), the
+    shards, the index and quarantine folders, and each source's ledger folder."""
+    fs, root = fsspec.core.url_to_fs(dataset)
+    ledger = f"{root}/{LEDGER_DIR}"
+    sources = [p for p in fs.ls(ledger, detail=False) if fs.isdir(p)] if fs.isdir(ledger) else []
+    return [root, *(f"{root}/{d}" for d in (SHARDS_DIR, INDEX_FILE, QUARANTINE_FILE, LEDGER_DIR)), *sources]
 
-    Only safe while no run writes into ``dataset`` (the runner holds the output lock). Returns their paths.
+
+def remove_temporaries(dataset: str) -> list[str]:
+    """Delete the half-written temporary files that killed runs left in the engine's own folders.
+
+    Only names the engine gives its temporaries (``TMP_NAME``), only in ``engine_folders``: a user's files
+    elsewhere under the output are never looked at. Only safe while no run writes into ``dataset`` (the runner
+    holds the output lock). Returns their paths.
     """
     fs, root = fsspec.core.url_to_fs(dataset)
     if not fs.isdir(root):
         return []
-    leftovers = [p for p in fs.find(root) if TMP_NAME.search(p.rsplit("/", 1)[-1])]
+    leftovers = [p for folder in engine_folders(dataset) if fs.isdir(folder)
+                 for p in fs.ls(folder, detail=False) if TMP_NAME.match(p.rstrip("/").rsplit("/", 1)[-1])]
     for p in leftovers:
         fs.rm_file(p)
     return leftovers
