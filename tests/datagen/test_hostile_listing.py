@@ -79,3 +79,63 @@ def test_a_coco_file_whose_lists_are_not_lists_cannot_be_listed(tmp_path):
     path = write(tmp_path, {"images": {"1": "a.jpg"}, "annotations": [], "categories": []})
     with pytest.raises(ValueError, match="`images` is a dict, not a list"):
         coco.list_units(path, str(tmp_path), coco.CocoParams(categories=[]))
+
+
+def finishes_in(seconds, fn, fifos=()):
+    """fn() run in a thread: its result, or a failure when it blocks (the FIFOs are then unblocked so the
+    thread can end)."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that leaves: the reader sees EOF
+        thread.join(5)
+        pytest.fail(f"{fn} blocked on a FIFO")
+    return box["result"]
+
+
+@pytest.fixture
+def df2_root(tmp_path_factory, tmp_path):
+    from tests.datagen.test_deepfashion2 import root
+
+    return root.__wrapped__(tmp_path_factory, tmp_path)
+
+
+def test_deepfashion2_fifo_annotation_and_infinite_pair_id_are_quarantined_by_name(df2_root):
+    from datagen.readers import deepfashion2 as df2
+    from tests.datagen.test_deepfashion2 import edit
+
+    fifo = os.path.join(df2_root, "annos", "900003.json")
+    os.mkfifo(fifo)
+    with open(os.path.join(df2_root, "annos", "900004.json"), "w") as f:
+        f.write('{"source": "user", "pair_id": Infinity, "item1": {}}')  # what Python's json writes for inf
+    edit(df2_root, "000007", lambda a: a.update(pair_id=1.5))
+    units = finishes_in(20, lambda: df2.list_units(df2_root), [fifo])
+    assert {k.rsplit("/", 1)[1]: v for k, v in outcomes(units).items()} == {
+        "900003.json": "not_a_regular_file", "000007.json": "not_a_deepfashion2_annotation",
+        "900004.json": "not_a_deepfashion2_annotation"}
+    assert [u.ref["pair_id"] for u in units if not u.ref.get("listing")] == [1, 2, 3, 4]
+
+
+def test_a_fifo_mesh_a_device_linked_as_mesh_and_a_fifo_sidecar_never_block_the_listing(tmp_path):
+    import trimesh
+
+    from datagen.readers import objaverse
+
+    trimesh.creation.box().export(tmp_path / "cube.glb")
+    trimesh.creation.icosphere().export(tmp_path / "ball.glb")
+    fifos = [str(tmp_path / "x.glb"), str(tmp_path / "ball.json")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    os.symlink("/dev/zero", tmp_path / "zero.glb")
+    units, _ = finishes_in(20, lambda: objaverse.list_file_units(objaverse.mesh_files(str(tmp_path))), fifos)
+    bad = {u.id: Item(u).outcome.reason for u in units if u.ref.get("listing")}
+    assert bad == {f"file:{tmp_path / 'x.glb'}": "not_a_regular_file",
+                   f"file:{tmp_path / 'zero.glb'}": "not_a_regular_file",
+                   next(u.id for u in units if u.ref.get("listing") and "x.glb" not in u.id
+                        and "zero" not in u.id): "bad_sidecar"}
+    assert [u.ref["meta"]["name"] for u in units if not u.ref.get("listing")] == ["cube"]
