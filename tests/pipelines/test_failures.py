@@ -166,7 +166,7 @@ def test_shards_and_ledger_records_are_fsynced_before_their_rename(tmp_path, mon
             "shards": ["toy-000000.tar"], "drops": {}}
     ledger.write_part(str(tmp_path), "toy", "r1", [unit], None)
     renamed = [path for kind, path in events if kind == "replace"]
-    assert len(renamed) == 2 and ".toy-000000.tar.tmp-" in renamed[0] and ".parquet.tmp-" in renamed[1]
+    assert len(renamed) == 2 and ".toy-000000.tar.anystory-tmp-" in renamed[0] and ".parquet.anystory-tmp-" in renamed[1]
     for path in renamed:
         assert ("fsync", path) in events[:events.index(("replace", path))], f"{path} renamed before fsync"
 
