@@ -34,6 +34,7 @@ import webdataset as wds
 from PIL import Image
 
 FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
+FORMAT_MINOR = 1  # additive changes a v2 reader may ignore; 2.1: meta.json's "sha256" of the sample's other files
 SAMPLE_VERSION = 1  # meta.json of a sample
 KINDS = ("video", "objaverse", "image", "router")
 SHARDS_DIR = "shards"
@@ -220,8 +221,19 @@ def encode_sample(sample: Sample, jpeg_quality: int = 95) -> dict[str, Any]:
     for s in sample.subjects:
         for j, m in sorted(s.masks.items()):
             out[f"mask.{j}.{s.id}.png"] = _encode_mask(m)
-    out["meta.json"] = json.dumps(sample_meta(sample), default=_json_default).encode("utf-8")
+    meta = {**sample_meta(sample), "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in out.items() if k != "__key__"}}
+    out["meta.json"] = json.dumps(meta, default=_json_default).encode("utf-8")
     return out
+
+
+def corrupt_members(raw: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The files of a raw sample whose bytes differ from the ``sha256`` its meta.json records (format 2.1; a
+    sample written before records none). A flipped byte in a JPEG still decodes: only this tells."""
+    recorded = meta.get("sha256") or {}
+    if not isinstance(recorded, dict):
+        return ["meta.json"]
+    return sorted(name for name, digest in recorded.items()
+                  if not isinstance(raw.get(name), bytes) or hashlib.sha256(raw[name]).hexdigest() != digest)
 
 
 def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
@@ -612,8 +624,10 @@ def read_manifest(dataset: str) -> dict[str, Any]:
 
 
 def iter_raw(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Raw WebDataset samples (bytes values) of the given shard URLs, in order."""
-    yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    """Raw WebDataset samples (bytes values) of the given shard URLs, in order (none for no URL: WebDataset
+    raises IndexError on an empty list, and an empty dataset is valid)."""
+    if urls:
+        yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
 
 
 def iter_samples(dataset: str) -> Iterator[Sample]:
