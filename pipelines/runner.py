@@ -343,6 +343,7 @@ def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, re
     totals = _merge_counts([s["counts"] for s in per_source.values()])
     manifest.update(
         format_version=shards.FORMAT_VERSION,
+        format_minor=shards.FORMAT_MINOR,
         code_version=section["code_version"],
         config={"writer": cfg.writer.model_dump(mode="json"), "models": cfg.models,
                 "registry": cfg.registry.model_dump(mode="json"),

@@ -32,6 +32,7 @@ def test_format_doc_names_the_codes_version():
     assert int(title) == shards.FORMAT_VERSION
     assert f"`FORMAT_VERSION = {shards.FORMAT_VERSION}` in `datagen/shards/__init__.py`" in doc
     assert f"`SAMPLE_VERSION = {shards.SAMPLE_VERSION}`" in doc
+    assert f"`FORMAT_MINOR = {shards.FORMAT_MINOR}`" in doc
     assert f'"version": {shards.SAMPLE_VERSION},' in doc  # the meta.json example
 
 
