@@ -57,13 +57,25 @@ def decode_rgb(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             upright = size[::-1] if orientation in (5, 6, 7, 8) else size  # these turn the image a quarter
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), upright
+            return rgb8(im), upright
     except UnidentifiedImageError as e:
         raise BadInput("not_an_image", f"{name}: {e}") from None
     except Image.DecompressionBombError as e:
         raise Rejected("too_many_pixels", f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadInput("corrupt_image", f"{name}: {e}") from None
+
+
+def rgb8(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode → H×W×3 uint8. 16-bit grey (``I;16*``, and ``I`` as 16-bit PNGs open) is scaled to 8 bits:
+    Pillow's ``convert("RGB")`` clips it at 255, so a 16-bit photo would be stored nearly all white. Palette, LA,
+    CMYK and the rest convert as Pillow defines (alpha is dropped)."""
+    if im.mode == "RGB":
+        return np.asarray(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        grey = np.asarray(im).astype(np.int64).clip(0, 65535)
+        return np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def read_rgb(url: str, max_pixels: int = MAX_PIXELS,

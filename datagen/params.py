@@ -6,16 +6,30 @@ Pipelines nest these in their YAML config, so a misspelt threshold fails at load
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import fsspec
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from datagen import files
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # NaN and infinities are refused: a NaN threshold compares false with everything (every image filtered)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+    # Numbers are counts, sizes, thresholds and rates: below zero they mean nothing (``max_side: -100`` wrote 1×1
+    # frames). A section names here the fields that are signed by nature (angles).
+    signed: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*")
+    @classmethod
+    def _not_negative(cls, value: Any, info: ValidationInfo) -> Any:
+        numbers = value if isinstance(value, tuple) else (value,)
+        if info.field_name not in cls.signed and any(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 for v in numbers):
+            raise ValueError(f"must be 0 or more, got {value}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -54,3 +68,20 @@ def _exists(path: str) -> str:
 
 # A config path (local or fsspec URL) checked when the config loads, so a typo fails before any work.
 ExistingPath = Annotated[str, AfterValidator(_exists)]
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a 1 KB file of nested
+    aliases (a "billion laughs") expands to gigabytes once a config reads it as plain data. Configs never need
+    them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML as plain data: safe tags only, no aliases. Raises ``yaml.YAMLError`` with the line."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)

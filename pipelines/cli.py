@@ -4,8 +4,9 @@ and ``python -m pipelines retrieve --dataset DIR --out DIR2 [--config FILE]`` (p
 
 ``all`` runs every source that has a section in the config (in name order) into one dataset.
 Exit status: 0 when the run finished (quarantined units included), 2 for a bad config or arguments, missing
-weights, actor pools that cannot fit, or an output that is unusable or in use by another run (nothing was
-started), 1 for anything else.
+weights, actor pools that cannot fit, an output that is unusable or in use by another run, or an unreadable ledger
+file (nothing was started), 130 / 143 when interrupted by Ctrl-C / SIGTERM (the rerun resumes), 1 for anything
+else.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["retrieve"]:  # cross-context pairs from a finished dataset: its own arguments
@@ -52,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from pipelines.config import ConfigError, load_config
     from pipelines.lock import OutputError
-    from pipelines.runner import InputError, ResourceError, report, run_source, write_quality_report
+    from pipelines.ledger import CorruptLedger
+    from pipelines.runner import (InputError, ResourceError, Terminated, report, run_source, stop_on_sigterm,
+                                  write_quality_report)
     from pipelines.sources import SOURCES
 
     overrides = {k: v for k, v in (("out", args.out), ("ray.address", args.address),
@@ -71,12 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: config {args.config} configures no source", file=sys.stderr)
         return 2
     quarantined = 0
+    stop_on_sigterm()
     for name in names:
         try:
             result = run_source(SOURCES[name], cfg, limit=args.limit, retry_failed=args.retry_quarantined)
-        except (MissingModelError, ResourceError, InputError, OutputError) as e:
+        except (MissingModelError, ResourceError, InputError, OutputError, CorruptLedger) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what is written stays valid, a rerun resumes
+            _stop_ray()
+            print(f"interrupted ({e or 'Ctrl-C'}) while running {name}: the output lock is released; rerun the "
+                  "same command to resume", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
         print(report(result))
         quarantined += result.processed["filtered"] + result.processed["failed"]
     print(f"done: dataset at {cfg.out}; {quarantined} units quarantined in this run "

@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from datagen.models import Mode, RegistryConfig
-from datagen.params import Params
+from datagen.params import Params, load_yaml
 from pipelines.lock import LockConfig
 from pipelines.sources import SOURCES
 
@@ -85,9 +85,11 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> PipelineC
     """Read, merge CLI overrides (dotted keys → values) and validate; ConfigError names each bad key."""
     try:
         with open(path) as f:
-            doc = yaml.safe_load(f) or {}
+            doc = load_yaml(f.read()) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     for dotted, value in (overrides or {}).items():

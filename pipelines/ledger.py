@@ -19,6 +19,7 @@ reconcile, skip and finalize all use it. A part is trusted only while all its sh
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -37,7 +38,7 @@ from datagen import shards
 
 log = logging.getLogger(__name__)
 
-LEDGER_DIR = "_ledger"
+LEDGER_DIR = shards.LEDGER_DIR
 KEPT, FILTERED, FAILED = "kept", "filtered", "failed"
 SEGMENT = "seg"  # stem of a merged file: "<source>-seg-<id>"
 PART_SCHEMA = pa.schema([
@@ -82,15 +83,35 @@ def _write(table: pa.Table, url: str) -> None:
         pq.write_table(table, f)
 
 
+class CorruptLedger(RuntimeError):
+    """A ledger file that cannot be read (truncated, overwritten, not parquet): the run stops before any work."""
+
+
 def _read(urls: list[str], schema: pa.Schema = READ_SCHEMA) -> pa.Table:
-    """Many parquet files as one table, read by Arrow's threads (``READ_SCHEMA``: the columns a run needs)."""
+    """Many parquet files as one table, read by Arrow's threads (``READ_SCHEMA``: the columns a run needs).
+    A file that cannot be read raises ``CorruptLedger`` naming it and the repair."""
     if not urls:
         return schema.empty_table()
     fs, _ = _fs(urls[0])
     paths = [_fs(u)[1] for u in urls]
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
         dictionary_columns=_DICT_COLUMNS if schema is READ_SCHEMA else []))
-    return ds.dataset(paths, schema=schema, format=fmt, filesystem=fs).to_table()
+    try:
+        return ds.dataset(paths, schema=schema, format=fmt, filesystem=fs).to_table()
+    except (pa.ArrowException, OSError) as e:
+        bad = next((p for p in paths if not _readable(fs, p, schema)), paths[0])
+        raise CorruptLedger(
+            f"ledger file {bad} cannot be read ({type(e).__name__}: {e}). Move it out of the output and rerun: "
+            "the units it recorded are redone, and the shards and index rows only it named are removed as "
+            "leftovers") from None
+
+
+def _readable(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> bool:
+    try:
+        pq.read_table(path, filesystem=fs, schema=schema, columns=["unit_id"])
+        return True
+    except (pa.ArrowException, OSError):
+        return False
 
 
 def unit_record(unit_id: str, status: str, keys: list[str] = (), shard_names: Iterable[str] = (), stage: str = "",
@@ -112,6 +133,35 @@ def write_part(out: str, source: str, run_id: str, units: list[dict[str, Any]], 
             for u in units]
     _write(pa.Table.from_pylist(rows, schema=PART_SCHEMA), shards.join(out, LEDGER_DIR, source, f"{name}.parquet"))
     return name
+
+
+SECTION_FILE = "manifest-section.json"  # the source's manifest section, kept beside its ledger
+
+
+def read_section(out: str, source: str) -> dict[str, Any] | None:
+    """The source's manifest section as its last run left it (None when it has none, or it cannot be read)."""
+    fs, path = _fs(shards.join(out, LEDGER_DIR, source, SECTION_FILE))
+    try:
+        with fs.open(path, "r") as f:
+            section = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return section if isinstance(section, dict) else None
+
+
+def write_section(out: str, source: str, section: dict[str, Any]) -> None:
+    """Keep the source's section (models, ``synthetic_models``, counts) with its ledger: the manifest is rebuilt
+    from these, so deleting or truncating ``manifest.json`` never loses what another source's samples are."""
+    with shards.atomic_open(shards.join(out, LEDGER_DIR, source, SECTION_FILE), "w") as f:
+        json.dump(section, f, indent=2, sort_keys=True)
+
+
+def sources(out: str) -> list[str]:
+    """The sources that have a ledger folder in ``out``."""
+    fs, root = _fs(shards.join(out, LEDGER_DIR))
+    if not fs.isdir(root):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if fs.isdir(p))
 
 
 @dataclass
@@ -139,7 +189,7 @@ class Ledger:
     def read(cls, out: str, source: str) -> "Ledger":
         """Read the source's ledger once and reconcile it with the shards on disk."""
         ledger = cls(out, source, READ_SCHEMA.empty_table())
-        if _names(ledger.root, ".json"):  # reconciling with a ledger it cannot read would delete every shard
+        if [n for n in _names(ledger.root, ".json") if n != SECTION_FILE]:  # reconciling with a ledger it cannot read would delete every shard
             raise ValueError(f"{ledger.root} holds a format v1 ledger (.json parts): write format v2 into a new `out`")
         stems = ledger._stems()
         ledger._may_repeat = any(not _is_segment(s) for s in stems)  # a run stopped before merging its parts

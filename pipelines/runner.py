@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -175,6 +177,20 @@ def code_version() -> str:
     return version("anystory-data") + (f"+g{sha}" if sha else "")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, a container stop): unwinds like Ctrl-C, so the output lock is released, Ray is
+    stopped and everything written so far stays valid for the rerun."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():  # Python takes signals in the main thread only
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 def init_ray(cfg: PipelineConfig) -> None:
     import ray
 
@@ -191,6 +207,7 @@ def init_ray(cfg: PipelineConfig) -> None:
         runtime_env["env_vars"] = {**runtime_env["env_vars"], **storage_env(cfg.storage_options)}
     ray.init(address=address or "local", runtime_env=runtime_env, log_to_driver=True,
              logging_level=logging.WARNING, **kwargs)
+    stop_on_sigterm()  # after ray.init: Ray's failure handler takes SIGTERM over (abort, exit 134, a stack dump)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.print_on_execution_start = cfg.ray.progress_bars
@@ -233,6 +250,10 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
         dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         raise ValueError(f"source {source.name} listed unit {dup!r} twice: unit ids must be unique")
     state = ledger.Ledger.read(out, source.name)  # the one read of the ledger: reconcile, skip, finalize use it
+    manifest = _old_manifest(out)
+    prior = ledger.read_section(out, source.name) or manifest.get("sources", {}).get(source.name) or {}
+    # Sticky: samples an earlier run labelled with tiny models may still be in the dataset.
+    synthetic = registry.synthetic(specs) or bool(prior.get("synthetic_models"))
     finished = pc.is_in(ids, value_set=state.done(retry_failed)).to_numpy(zero_copy_only=False)
     todo = [u for u, done in zip(units, finished) if not done]
     unit_bytes = source.unit_bytes(scfg)
@@ -244,6 +265,7 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     processed: Counter = Counter()
     samples = 0
     if todo:
+        ledger.write_section(out, source.name, {**prior, "synthetic_models": synthetic})  # before any sample
         if cfg.models == "auto":
             registry.announce_missing(list(specs), cfg.registry)
         init_ray(cfg)
@@ -283,8 +305,22 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
     state.merge_loose()
     result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,
                        time.time() - start, state.summarize())
-    finalize(cfg, source, scfg, specs, result, start, state)
+    finalize(cfg, source, scfg, specs, result, start, state, synthetic, manifest)
     return result
+
+
+def _old_manifest(out: str) -> dict[str, Any]:
+    """The manifest as it is, or {} when it is missing or unreadable (a truncated file is rebuilt at finalize from
+    the sections kept with each source's ledger, not a reason to lose the run)."""
+    try:
+        manifest = shards.read_manifest(out)
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("%s is unreadable (%s): it is rebuilt from the ledger at the end of this run",
+                    shards.join(out, shards.MANIFEST_FILE), e)
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _models_line(specs: dict[str, registry.ModelSpec]) -> str:
@@ -292,31 +328,35 @@ def _models_line(specs: dict[str, registry.ModelSpec]) -> str:
 
 
 def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, registry.ModelSpec],
-             result: RunResult, start: float, state: ledger.Ledger) -> None:
+             result: RunResult, start: float, state: ledger.Ledger, synthetic: bool,
+             manifest: dict[str, Any]) -> None:
     """The source's quarantine file and its manifest section; its index files are already in place (the
-    writers append them, the ledger merges them), so the cost is this source's, not the dataset's."""
+    writers append them, the ledger merges them), so the cost is this source's, not the dataset's.
+
+    Each source's section is kept with its ledger; the manifest is rebuilt from those (``manifest`` — the one read
+    at the start — only fills in sources written before sections were kept)."""
     out = cfg.out
     shards.write_quarantine(out, state.quarantine(), source.name)
     if not shards.index_parts(out):  # nothing kept yet: an empty index file, so the dataset reads as empty
         shards.write_index_part(out, f"{source.name}-empty", [])
 
-    try:
-        manifest = shards.read_manifest(out)
-    except FileNotFoundError:
-        manifest = {}
     iso = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()  # noqa: E731
     section = {
         "kind": source.kind,
         "config": scfg.model_dump(mode="json"),
         "config_hash": config_hash(cfg, source.name, scfg),
         "models": registry.describe(specs),
-        "synthetic_models": registry.synthetic(specs),
+        "synthetic_models": synthetic,
         "counts": result.counts,
         "start_time": iso(start),
         "end_time": iso(time.time()),
         "code_version": code_version(),
     }
-    per_source = {**manifest.get("sources", {}), source.name: section}
+    ledger.write_section(out, source.name, section)
+    old = manifest.get("sources", {})
+    per_source = {n: _known_section(ledger.read_section(out, n) or old.get(n), section)
+                  for n in ledger.sources(out) if n != source.name}
+    per_source[source.name] = section
     totals = _merge_counts([s["counts"] for s in per_source.values()])
     manifest.update(
         format_version=shards.FORMAT_VERSION,
@@ -335,6 +375,14 @@ def finalize(cfg: PipelineConfig, source: Source, scfg: Any, specs: dict[str, re
     )
     shards.write_manifest(out, manifest)
     card.write_card(out, card.dataset_card(out, manifest))  # the Hub's README.md, from the manifest just written
+
+
+def _known_section(found: dict[str, Any] | None, like: dict[str, Any]) -> dict[str, Any]:
+    """Another source's section, completed where a killed run left only part of it. What is not known is said
+    so, and such a source counts as synthetic: the trainer must not trust labels nobody can vouch for."""
+    unknown = {"kind": "unknown", "config": {}, "config_hash": "", "models": "unknown", "synthetic_models": True,
+               "counts": {}, "start_time": like["start_time"], "end_time": like["end_time"], "code_version": ""}
+    return {**unknown, **(found or {})}
 
 
 def _merge_counts(counts: list[dict[str, Any]]) -> dict[str, Any]:

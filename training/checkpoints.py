@@ -5,7 +5,9 @@ Layout::
     <output_dir>/checkpoints/step-<N>/adapters/   subject_encoder.safetensors, router.safetensors, config
                                                    (``AnyStoryModel.save_adapters``; what ``AnyStoryPipeline`` loads)
                                      /state/      ``accelerator.save_state``: optimizer, LR scheduler, RNG states
-                                                   of every process, step counter and data position
+                                                   of every process, step counter and data position — tensors,
+                                                   numbers, strings and containers only: a resume refuses any
+                                                   file that needs more to load (``check_safe``)
     <output_dir>/checkpoints/latest                name of the newest complete checkpoint
 
 The frozen base (SDXL UNet, VAE, text and image encoders) is never written: accelerate's model-weights save is
@@ -20,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from accelerate import Accelerator
 
 from datagen.shards import atomic_open
@@ -81,6 +84,39 @@ def save_checkpoint(accelerator: Accelerator, save_adapters: Callable[[Path], No
         log.info("checkpoint %s (kept %s)", target, steps(output_dir))
     accelerator.wait_for_everyone()
     return target
+
+
+class UnsafeCheckpoint(ValueError):
+    """A resume state file that holds more than tensors, numbers, strings and containers (a pickle that could
+    run code), or that cannot be read."""
+
+
+def check_safe(state_dir: Path) -> None:
+    """Refuse a state folder with any file that ``torch.load(weights_only=True)`` cannot open.
+
+    ``accelerator.load_state`` unpickles ``custom_checkpoint_*.pkl`` (step, data position, LR scheduler) with
+    ``weights_only=False``, so a pickle planted there would run code on resume. Every file it may unpickle is
+    opened here first the safe way, with accelerate's own allow-list for the RNG states (numpy arrays); what needs
+    any other global is refused, naming the file. (The files are read twice; a resume is rare, and the state holds
+    no model weights: the adapters are safetensors.)"""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    for path in sorted(p for p in Path(state_dir).rglob("*") if p.is_file()):
+        if path.suffix in (".safetensors", ".json"):  # no code in either format
+            continue
+        try:
+            with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 — whatever stops a safe load stops the resume
+            raise UnsafeCheckpoint(f"--resume: {path} cannot be loaded safely (only tensors, numbers, strings and "
+                                   f"containers may be in a checkpoint): {type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:300]}") from None
+
+
+def load(accelerator: Accelerator, checkpoint: Path) -> None:
+    """Restore a checkpoint's state (and, through the hook, its adapters) after ``check_safe``."""
+    check_safe(checkpoint / STATE)
+    accelerator.load_state(str(checkpoint / STATE))
 
 
 def resolve(output_dir: str | Path, resume: str | None) -> Path | None:

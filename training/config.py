@@ -11,9 +11,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.params import load_yaml
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # NaN and infinities are refused (a NaN rate or weight compares false with everything)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class SourceSpec(Section):
@@ -134,7 +137,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """YAML file plus ``key.path=value`` overrides (values parsed as YAML: ``train.max_steps=10``)."""
-    tree = yaml.safe_load(Path(path).read_text()) or {}
+    tree = load_yaml(Path(path).read_text()) or {}  # no aliases: a YAML alias bomb is refused, not expanded
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key.path=value")

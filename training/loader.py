@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -77,6 +78,7 @@ class SubjectStream(IterableDataset):
     def __init__(self, sources: list[SourceShards], cfg: DataConfig, factors: tuple[int, ...], seed: int,
                  position: DataPosition):
         self.sources, self.cfg, self.factors, self.seed, self.position = sources, cfg, tuple(factors), seed, position
+        self.broken_samples: Counter = Counter()  # per source, in this process (warned as they come)
         aug = cfg.augment
         self.buckets = [tuple(b) for b in aug.buckets] if aug.buckets else sdxl_buckets(
             aug.resolution, aug.bucket_step, aug.max_aspect)
@@ -86,7 +88,7 @@ class SubjectStream(IterableDataset):
         rank = wds.utils.pytorch_worker_info()[0]
         raws = round_samples(self.sources, self.seed, cfg.resampled, cfg.round_samples, role, workers, r)
         raws = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=random.Random(f"{self.seed}:{rank}:{role}:{r}"))(raws)
-        plans = plan_samples(raws, aug, self.buckets, seeded(self.seed, "plan", rank, role, r))
+        plans = plan_samples(raws, aug, self.buckets, seeded(self.seed, "plan", rank, role, r), self.broken_samples)
         n = 0
         for n, group in enumerate(bucket_batches(plans, cfg.batch_size), 1):
             if n <= skip:

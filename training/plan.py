@@ -7,14 +7,18 @@ target; a subject seen in one frame only (router data, unmatched video subjects)
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image
 
+from datagen import shards
 from training.config import AugmentParams
 
 log = logging.getLogger(__name__)
@@ -86,10 +90,43 @@ def pick_reference(options: dict[int, float | None], how: str, rng: np.random.Ge
     return int(rng.choice(sorted(options)))
 
 
+class BrokenSample(ValueError):
+    """A sample whose files cannot be trained on: meta.json not JSON, a file that differs from its recorded sha256,
+    a frame or mask that is not an image or not the size meta.json and its frame say."""
+
+
+def check_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """The sample's meta, after checking what can be checked without decoding pixels (image headers only)."""
+    try:
+        meta = json.loads(raw["meta.json"])
+        frames = meta["frames"]
+        sizes = [(int(f["width"]), int(f["height"])) for f in frames]
+        [s["id"] for s in meta["subjects"]]  # noqa: B018 — every subject has an id
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BrokenSample(f"meta.json unusable: {type(e).__name__}: {e}") from None
+    corrupt = shards.corrupt_members(raw, meta)
+    if corrupt:
+        raise BrokenSample(f"{', '.join(corrupt)} differ from the sha256 in meta.json")
+    for name, data in raw.items():
+        frame, mask = shards.FRAME_FILE.match(name), shards.MASK_FILE.match(name)
+        if not (frame or mask):
+            continue
+        j = int((frame or mask)["j"])
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+        except Exception as e:  # noqa: BLE001 — whatever Pillow cannot open is not an image
+            raise BrokenSample(f"{name} is not an image: {e}") from None
+        if j >= len(sizes) or size != sizes[j]:
+            raise BrokenSample(f"{name} is {size[0]}x{size[1]}, frame {j} is "
+                               f"{'missing' if j >= len(sizes) else '%dx%d' % sizes[j]}")
+    return meta
+
+
 def choose(raw: dict[str, Any], params: AugmentParams, buckets: list[tuple[int, int]],
            rng: np.random.Generator) -> Plan | None:
-    """The choices for one raw sample; None when no frame shows a subject."""
-    meta = json.loads(raw["meta.json"])
+    """The choices for one raw sample; None when no frame shows a subject; BrokenSample when it is broken."""
+    meta = check_sample(raw)
     frames_of = subject_frames(raw, meta)
     candidates = sorted({j for js in frames_of.values() for j in js})
     if not candidates:
@@ -118,10 +155,19 @@ def choose(raw: dict[str, Any], params: AugmentParams, buckets: list[tuple[int, 
 
 
 def plan_samples(raws: Iterator[dict[str, Any]], params: AugmentParams, buckets: list[tuple[int, int]],
-                 rng: np.random.Generator) -> Iterator[Plan]:
-    """Stage: raw samples → plans. A sample without any subject mask is skipped with a warning naming it."""
+                 rng: np.random.Generator, broken: Counter | None = None) -> Iterator[Plan]:
+    """Stage: raw samples → plans. A sample without any subject mask is skipped with a warning naming it; a broken
+    one too, counted per source in ``broken`` (like a broken shard: one bad sample never stops a run)."""
+    broken = Counter() if broken is None else broken
     for raw in raws:
-        plan = choose(raw, params, buckets, rng)
+        try:
+            plan = choose(raw, params, buckets, rng)
+        except BrokenSample as e:
+            source = raw.get("__source__")
+            broken[source] += 1
+            log.warning("%s (%s): broken sample skipped: %s; broken samples of %s: %d", raw["__key__"], source, e,
+                        source, broken[source])
+            continue
         if plan is None:
             log.warning("%s (%s): plan: no frame shows a subject; skipped", raw["__key__"], raw.get("__source__"))
             continue

@@ -256,7 +256,7 @@ def train(cfg: Config, resume: str | None = None) -> TrainResult:
     checkpoints.install_hooks(accelerator, lambda d: bare.load_adapters(d, parts))
     start = checkpoints.resolve(out_dir, resume)
     if start is not None:
-        accelerator.load_state(str(start / checkpoints.STATE))
+        checkpoints.load(accelerator, start)
         log.info("resumed from %s at step %d (%d batches read)", start, step.value, position.batches)
     if t.tracker:
         accelerator.init_trackers(f"anystory-stage{cfg.stage}", config=_flat(cfg.model_dump()))

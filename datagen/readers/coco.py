@@ -45,6 +45,7 @@ class CocoParams(RouterRules):
     max_annotations: int = 1000
     max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
     max_side: int | None = images.MAX_SIDE  # a longer image side is downscaled at decode, masks and boxes with it
+    allow_symlinks: bool = False  # follow a symlink in the images folder that points out of it (else path_outside_root)
 
 
 def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
@@ -54,28 +55,37 @@ def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
         doc = json.load(f)
     if not isinstance(doc, dict):
         raise ValueError(f"{annotations}: not a COCO annotation file (top level is {type(doc).__name__})")
-    names = {c["id"]: c["name"] for c in doc.get("categories", [])}
+    dataset = os.path.basename(annotations)
+    bad: list[Unit] = []
+    names = {}
+    for k, c in enumerate(_listed(doc, "categories", annotations)):
+        if isinstance(c, dict) and _is_id(c.get("id")) and isinstance(c.get("name"), str):
+            names[c["id"]] = c["name"]
+        else:
+            bad.append(Unit.unusable(f"coco:{dataset}:categories[{k}]", BadInput(
+                "bad_category", f"{annotations}: category {k} needs a number or string id and a string name: "
+                                f"{str(c)[:200]}")))
     unknown = sorted(set(p.categories) - set(names.values()))
     if unknown:  # a misspelt category would silently select nothing
         raise ValueError(f"{annotations}: categories {unknown} are not in the file (it has {sorted(names.values())})")
     wanted = {i: n for i, n in names.items() if n in p.categories}
-    dataset = os.path.basename(annotations)
-    bad: list[Unit] = []
     by_image = defaultdict(list)
-    for k, ann in enumerate(doc.get("annotations", [])):
-        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+    for k, ann in enumerate(_listed(doc, "annotations", annotations)):
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")) or not _is_id(ann.get("category_id")):
             bad.append(Unit.unusable(f"coco:{dataset}:annotations[{k}]",
-                                     BadInput("bad_annotation", f"{annotations}: annotation {k} has no image_id "
-                                                                f"or category_id: {str(ann)[:200]}")))
+                                     BadInput("bad_annotation", f"{annotations}: annotation {k} has no number or "
+                                                                f"string image_id and category_id: {str(ann)[:200]}")))
         elif ann["category_id"] in wanted:
             by_image[ann["image_id"]].append({**ann, "category_name": wanted[ann["category_id"]]})
     entries: dict[object, list[dict]] = defaultdict(list)
-    for k, im in enumerate(doc.get("images", [])):
+    for k, im in enumerate(_listed(doc, "images", annotations)):
         missing = [f for f in IMAGE_FIELDS if f not in im] if isinstance(im, dict) else list(IMAGE_FIELDS)
-        if missing or not isinstance(im["id"], (int, str)):
+        if missing or not _is_id(im["id"]) or not isinstance(im["file_name"], str) or not all(
+                _is_id(im[f]) and not isinstance(im[f], str) and im[f] > 0 for f in ("width", "height")):
             bad.append(Unit.unusable(f"coco:{dataset}:images[{k}]",
-                                     BadInput("bad_image_entry", f"{annotations}: image {k} lacks {missing} "
-                                                                 f"or its id is not a number or string")))
+                                     BadInput("bad_image_entry", f"{annotations}: image {k} lacks {missing}, or its "
+                                                                 "id is not a number or string, its file_name not a "
+                                                                 "string or its size not positive integers")))
         else:
             entries[im["id"]].append(im)
     units, owner = [], {}
@@ -98,12 +108,30 @@ def list_units(annotations: str, images_dir: str, p: CocoParams) -> list[Unit]:
             bad.append(Unit.unusable(uid, Rejected("duplicate_file_name",
                                                    f"{im['file_name']} is also image {owner[im['file_name']]}")))
             continue
+        try:
+            path = files.inside_root(images_dir, im["file_name"], p.allow_symlinks)
+        except BadInput as e:
+            bad.append(Unit.unusable(uid, e))
+            continue
         owner[im["file_name"]] = image_id
-        ref = {"dataset": dataset, "image": os.path.join(images_dir, im["file_name"]), "file_name": im["file_name"],
+        ref = {"dataset": dataset, "image": path, "file_name": im["file_name"],
                "width": im["width"], "height": im["height"], "annotations": anns,
                "license": im.get("license"), "url": im.get("coco_url") or im.get("flickr_url")}
         units.append(Unit(uid, ref))
     return units + bad
+
+
+def _is_id(value: object) -> bool:
+    """A usable COCO id: an int or a string (JSON gives bools, floats, lists and objects too)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _listed(doc: dict, name: str, annotations: str) -> list:
+    """A top-level COCO list; any other type means the file cannot be listed (the run stops naming it)."""
+    value = doc.get(name, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{annotations}: `{name}` is a {type(value).__name__}, not a list")
+    return value
 
 
 def segmentation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:

@@ -54,10 +54,11 @@ def _group_of(anno: object) -> tuple[int, str]:
     """(pair_id, source) of an annotation, or BadInput saying what is wrong with it."""
     if not isinstance(anno, dict) or anno.get("source") not in ("shop", "user") or "pair_id" not in anno:
         raise BadInput("not_a_deepfashion2_annotation", "needs source shop|user and pair_id")
-    try:
-        return int(anno["pair_id"]), anno["source"]
-    except (TypeError, ValueError):
-        raise BadInput("not_a_deepfashion2_annotation", f"pair_id {anno['pair_id']!r} is not a number") from None
+    pid = anno["pair_id"]
+    # JSON gives floats (Infinity and NaN too, which int() cannot take), bools, strings: only a whole number is an id
+    if isinstance(pid, bool) or not isinstance(pid, (int, float)) or not float(pid).is_integer():
+        raise BadInput("not_a_deepfashion2_annotation", f"pair_id {pid!r} is not a whole number")
+    return int(pid), anno["source"]
 
 
 def _read_group(fs, path: str) -> dict[str, Any]:
@@ -88,6 +89,10 @@ def list_units(root: str, cache: FileCache | None = None) -> list[Unit]:
     cached = cache is not None and files.is_local(root)
     for path in sorted(p for p in fs.ls(annos_dir, detail=False) if p.endswith(".json")):
         name = os.path.basename(path)[: -len(".json")]
+        if not files.is_regular_file(fs, path):  # a FIFO would block the listing, a device read without end
+            bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
+                                     BadInput("not_a_regular_file", f"{path}: a FIFO, device or socket")))
+            continue
         found = (cache.get("deepfashion2-group", path, lambda p: _read_group(fs, p)) if cached
                  else _read_group(fs, path))
         if "reason" in found:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
+from datagen import files
 from datagen.labeling import captions as captioning
 from datagen.labeling import entities
 from datagen.labeling import pairs
@@ -165,6 +166,8 @@ def sidecar_meta(path: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": os.path.splitext(os.path.basename(path))[0], "tags": [], "categories": []}
     if not os.path.exists(side):
         return meta
+    if not files.is_regular_file(files.url_to_fs(side)[0], side):
+        raise BadInput("bad_sidecar", f"{side}: a FIFO, device or socket, not a file")
     try:
         with open(side) as f:
             found = json.load(f)
@@ -187,6 +190,10 @@ def list_file_units(paths: list[str], cache: FileCache | None = None) -> tuple[l
     sidecar is unusable becomes an unusable unit (quarantined by name)."""
     units, seen, dropped = [], set(), Counter()
     for path in paths:
+        if not files.is_regular_file(files.url_to_fs(path)[0], path):  # a FIFO blocks, /dev/zero never ends
+            units.append(Unit.unusable(f"file:{os.path.abspath(path)}",
+                                       BadInput("not_a_regular_file", f"{path}: a FIFO, device or socket")))
+            continue
         try:
             sha1 = cache.get("sha1", path, file_sha1) if cache is not None else file_sha1(path)
         except OSError as e:

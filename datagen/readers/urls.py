@@ -11,6 +11,7 @@ SAM (masks only for images that can survive), ``persons`` after it. Captions: th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,21 +37,30 @@ class PersonParams(RouterRules):
     segmentation: SegmentationParams = SegmentationParams()
 
 
-def read_list(path: str) -> pa.Table:
-    """A URL list as a table: ``.parquet``, ``.csv``, ``.tsv``, ``.jsonl``/``.json`` (one object per line)."""
+def read_rows(path: str) -> tuple[list[str], list[dict]]:
+    """A URL list's column names and rows: ``.parquet``, ``.csv``, ``.tsv``, ``.jsonl``/``.json`` (one object per
+    line). JSON lines are parsed one by one (Arrow's reader refuses a whole file whose column changes type on one
+    row: that row is quarantined by ``list_units`` instead)."""
     import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     ext = path.rsplit(".", 1)[-1].lower()
     with files.open_url(path, "rb") as f:
         if ext == "parquet":
-            return pq.read_table(f)
-        if ext in ("csv", "tsv"):
-            return pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if ext == "tsv" else ","))
-        if ext in ("jsonl", "json"):
-            return pjson.read_json(f)
-    raise ValueError(f"{path}: URL lists are .parquet, .csv, .tsv or .jsonl")
+            table = pq.read_table(f)
+        elif ext in ("csv", "tsv"):
+            table = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if ext == "tsv" else ","))
+            # CSV has no types: a caption "2024" is text (Arrow's inference would make the column a number)
+            table = table.cast(pa.schema([(n, pa.string()) for n in table.column_names]))
+        elif ext in ("jsonl", "json"):
+            rows = [json.loads(line) for line in f if line.strip()]
+            bad = next((n for n, r in enumerate(rows) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise ValueError(f"{path}: line {bad + 1} is not a JSON object")
+            return list(dict.fromkeys(k for r in rows for k in r)), rows
+        else:
+            raise ValueError(f"{path}: URL lists are .parquet, .csv, .tsv or .jsonl")
+    return table.column_names, table.to_pylist()
 
 
 def list_id(path: str) -> str:
@@ -64,12 +74,12 @@ def list_units(path: str, url_col: str = "url", caption_col: str | None = "capti
                keep_columns: tuple[str, ...] = ()) -> list[Unit]:
     """One unit per row (id ``urls:<list_id(path)>:<row>``); a URL seen on an earlier row is marked a duplicate,
     so the first stage rejects it with a reason instead of writing the same key twice."""
-    table = read_list(path)
+    columns, rows = read_rows(path)
     wanted = [url_col, *([caption_col] if caption_col else []), *keep_columns]
-    missing = [c for c in wanted if c not in table.column_names]
+    missing = [c for c in wanted if c not in columns]
     if missing:
-        raise ValueError(f"{path}: no column {missing} (columns: {table.column_names})")
-    rows = table.select(wanted).to_pylist()
+        raise ValueError(f"{path}: no column {missing} (columns: {columns})")
+    rows = [{c: r.get(c) for c in wanted} for r in rows]
     dataset, name = os.path.basename(path), list_id(path)
     first: dict[str, str] = {}
     units = []
@@ -78,6 +88,10 @@ def list_units(path: str, url_col: str = "url", caption_col: str | None = "capti
         if not isinstance(row[url_col], (str, type(None))):  # a number, a list: this row is quarantined
             units.append(Unit.unusable(uid, BadInput("bad_url", f"{path} row {i}: {url_col} is {row[url_col]!r}, "
                                                                 f"not a string")))
+            continue
+        if caption_col and not isinstance(row[caption_col], (str, type(None))):  # the index's caption is a string
+            units.append(Unit.unusable(uid, BadInput("bad_caption", f"{path} row {i}: {caption_col} is "
+                                                                    f"{row[caption_col]!r}, not a string")))
             continue
         url = (row[url_col] or "").strip()
         ref = {"dataset": dataset, "row": i, "url": url, "caption": row[caption_col] if caption_col else None,

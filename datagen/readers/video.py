@@ -195,6 +195,7 @@ def _detect(frames, detector, p: SamplingParams, fps: float, stop: float = np.in
         if frame.key_frame:
             out.keyframes.append(t)
         if t >= due or t >= stop:
+            check_frame(frame, p.max_pixels)
             due = t + 1 / p.scan_fps
             out.cuts += [c.seconds for c in detector.process_frame(FrameTimecode(t, fps), _thumbnail(frame, p.scan_width))]
         if t >= stop:
@@ -254,7 +255,9 @@ def _keyframe_thumbnails(container, stream, p: SamplingParams) -> tuple[list[tup
             if packet.pts is not None:
                 t = float(packet.pts * stream.time_base)
                 end = t if end is None else max(end, t)
-            keys += [(f.time, _thumbnail(f, p.scan_width)) for f in packet.decode() if f.time is not None]
+            for f in (f for f in packet.decode() if f.time is not None):
+                check_frame(f, p.max_pixels)
+                keys.append((f.time, _thumbnail(f, p.scan_width)))
     finally:
         stream.codec_context.skip_frame = "NONREF"
     return keys, end
@@ -268,8 +271,15 @@ def shots(s: Scan, scan_fps: float) -> list[tuple[float, float]]:
     return [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
+def check_frame(frame: av.VideoFrame, max_pixels: int) -> None:
+    """Refuse a frame larger than ``max_pixels`` before converting it: the stream header gives only the first
+    size, and a stream may grow mid-way (a new sequence header), so each frame is checked."""
+    images.check_pixels(frame.width, frame.height, max_pixels, f"frame at {frame.time}s")
+
+
 def frames_at(container, stream, times: list[float], max_side: int | None = None,
-              keyframes: list[float] | None = None) -> tuple[list[tuple[float, np.ndarray]], tuple[int, int]]:
+              keyframes: list[float] | None = None, max_pixels: int = images.MAX_PIXELS
+              ) -> tuple[list[tuple[float, np.ndarray]], tuple[int, int]]:
     """Pass 2: the frame shown at each (ascending) time, upright and with its long side at most ``max_side``
     (swscale's area filter while converting to RGB: no full-size RGB copy), and the (width, height) shown before
     that downscale. The decoder seeks to the keyframe before a time, unless it already stands between that keyframe
@@ -288,6 +298,7 @@ def frames_at(container, stream, times: list[float], max_side: int | None = None
                 continue
             position = frame.time
             if frame.time >= t - half:
+                check_frame(frame, max_pixels)
                 w, h = frame.width, frame.height
                 shown = (h, w) if frame.rotation % 180 else (w, h)
                 scale = images.scale_factor(w, h, None, max_side)
@@ -366,7 +377,7 @@ def sample_clip(url: str, p: SamplingParams, fp: FilterParams | None = None) -> 
         a, b = max(usable, key=lambda ab: ab[1] - ab[0])
         lo, hi = a + p.shot_margin_s, b - p.shot_margin_s
         times = list(np.linspace(lo, hi, p.candidates)) if hi > lo else [(a + b) / 2]
-        candidates, shown = frames_at(container, stream, times, p.max_side, s.keyframes)
+        candidates, shown = frames_at(container, stream, times, p.max_side, s.keyframes, p.max_pixels)
     chosen, drops = select(candidates, p)
     if len(chosen) < p.min_frames:
         detail = ", ".join(f"{r} {n}" for r, n in sorted(drops.items())) or "none skipped"

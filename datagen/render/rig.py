@@ -33,6 +33,7 @@ class CameraParams(Params):
     sensor_mm: float = 32.0
     distance: float | None = None  # metres from the origin; None = fit the object's bounding sphere (below)
     fill: float = Field(0.9, gt=0, le=1)  # with distance None: the sphere spans this fraction of the half-frame
+    signed = ("front_elevation", "ring_start", "ring_elevations")  # angles in degrees
     front_elevation: float = 0.0  # view 0
     ring_start: float = 30.0  # azimuth of view 1; views 1–6 are 60° apart
     ring_elevations: tuple[float, float] = (20.0, -10.0)  # alternating, views 1, 3, 5 then 2, 4, 6
@@ -48,6 +49,7 @@ class LightParams(Params):
     suns: int = Field(3, ge=0)
     sun_intensity: float = 1.0  # irradiance of each sun as a fraction of what lights a facing white surface fully
     intensity_jitter: float = Field(0.3, ge=0, lt=1)  # each sun × U(1 − j, 1 + j)
+    signed = ("min_elevation",)
     min_elevation: float = 15.0  # degrees above the horizon
     ambient: float = 0.45  # uniform light, fraction of full
 

@@ -44,14 +44,16 @@ for _protocol in ("s3", "gs", "gcs"):
 
 FORMAT_VERSION = 2  # the dataset layout (manifest.json); v2: index/quarantine are folders of parquet files
 # Additive changes within a version (manifest.json ``format_minor``, 0 when absent); readers of 2.x read 2.0 data.
-# 2.1: per-pair measures (meta.json ``pairs``, index ``n_pairs``, ``pair_identity_min``, ``pair_change_min``)
-FORMAT_MINOR = 1
+# 2.1: per-pair measures (meta.json ``pairs``, index ``n_pairs``, ``pair_identity_min``, ``pair_change_min``);
+# 2.2: meta.json's ``sha256`` of the sample's other files
+FORMAT_MINOR = 2
 SAMPLE_VERSION = 1  # meta.json of a sample
 KINDS = ("video", "objaverse", "image", "router")
 SHARDS_DIR = "shards"
 INDEX_FILE = "index.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 MANIFEST_FILE = "manifest.json"
+LEDGER_DIR = "_ledger"  # the pipelines' resume ledger (pipelines/ledger.py), one folder per source
 INDEX_COLUMNS = (
     "key", "shard", "source", "n_frames", "n_subjects", "width", "height", "caption",
     "subject_area_min", "subject_area_max",
@@ -67,8 +69,10 @@ SHARD_NAME = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<number>\d{6})\.tar$")
 FRAME_FILE = re.compile(r"^frame\.(?P<j>\d+)\.jpg$")
 MASK_FILE = re.compile(r"^mask\.(?P<j>\d+)\.(?P<i>\d+)\.png$")
 DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
-TMP_SUFFIX = ".tmp-"  # + 8 hex digits: a file being written, renamed to its final name when whole
-TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")
+# A file being written is ``.<final name>.anystory-tmp-<8 hex digits>`` beside it, renamed when whole: a name no
+# user file has, so the clean-up of killed runs' leftovers never takes a user's ``holiday.jpg.tmp-0badcafe``.
+TMP_SUFFIX = ".anystory-tmp-"
+TMP_NAME = re.compile(r"^\..+\.anystory-tmp-[0-9a-f]{8}$")
 
 
 @dataclass
@@ -249,8 +253,19 @@ def encode_sample(sample: Sample, jpeg_quality: int = 95) -> dict[str, Any]:
     for s in sample.subjects:
         for j, m in sorted(s.masks.items()):
             out[f"mask.{j}.{s.id}.png"] = _encode_mask(m)
-    out["meta.json"] = json.dumps(sample_meta(sample), default=_json_default).encode("utf-8")
+    meta = {**sample_meta(sample), "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in out.items() if k != "__key__"}}
+    out["meta.json"] = json.dumps(meta, default=_json_default).encode("utf-8")
     return out
+
+
+def corrupt_members(raw: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The files of a raw sample whose bytes differ from the ``sha256`` its meta.json records (format 2.1; a
+    sample written before records none). A flipped byte in a JPEG still decodes: only this tells."""
+    recorded = meta.get("sha256") or {}
+    if not isinstance(recorded, dict):
+        return ["meta.json"]
+    return sorted(name for name, digest in recorded.items()
+                  if not isinstance(raw.get(name), bytes) or hashlib.sha256(raw[name]).hexdigest() != digest)
 
 
 def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
@@ -363,20 +378,32 @@ def _sync_dir(path: str) -> None:
         os.close(fd)
 
 
+def engine_folders(dataset: str) -> list[str]:
+    """The folders the engine writes into (and nowhere else under ``dataset``): its root (manifest, lock), the
+    shards, the index and quarantine folders, and each source's ledger folder."""
+    fs, root = fsspec.core.url_to_fs(dataset)
+    ledger = f"{root}/{LEDGER_DIR}"
+    sources = [p for p in fs.ls(ledger, detail=False) if fs.isdir(p)] if fs.isdir(ledger) else []
+    return [root, *(f"{root}/{d}" for d in (SHARDS_DIR, INDEX_FILE, QUARANTINE_FILE, LEDGER_DIR)), *sources]
+
+
 def remove_temporaries(dataset: str) -> list[str]:
-    """Delete the half-written temporary files that killed runs left anywhere under ``dataset``, and abort the
+    """Delete the half-written temporary files that killed runs left in the engine's own folders, and abort the
     multipart uploads they left dangling on S3 (invisible, but stored and billed until aborted).
 
-    Only safe while no run writes into ``dataset`` (the runner holds the output lock). Returns their paths.
+    Only names the engine gives its temporaries (``TMP_NAME``), only in ``engine_folders``: a user's files
+    elsewhere under the output are never looked at. Only safe while no run writes into ``dataset`` (the runner
+    holds the output lock). Returns their paths.
     """
     fs, root = fsspec.core.url_to_fs(dataset)
-    leftovers = _abort_uploads(fs, root)
+    aborted = _abort_uploads(fs, root)
     if not fs.isdir(root):
-        return leftovers
-    temporaries = [p for p in fs.find(root) if TMP_NAME.search(p.rsplit("/", 1)[-1])]
-    for p in temporaries:
+        return aborted
+    leftovers = [p for folder in engine_folders(dataset) if fs.isdir(folder)
+                 for p in fs.ls(folder, detail=False) if TMP_NAME.match(p.rstrip("/").rsplit("/", 1)[-1])]
+    for p in leftovers:
         fs.rm_file(p)
-    return leftovers + temporaries
+    return aborted + leftovers
 
 
 def _abort_uploads(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:

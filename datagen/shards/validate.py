@@ -1,4 +1,4 @@
-"""``python -m datagen.shards validate DIR``: check a dataset directory against the shard format (v2.1).
+"""``python -m datagen.shards validate DIR``: check a dataset directory against the shard format (v2.2).
 
 Checks every tar (readable, names parse, a sample's files adjacent), every sample (meta.json present and of
 version 1, frames 0…F−1 decode at the sizes meta states, masks are 8-bit, of their frame's size and name a
@@ -81,12 +81,15 @@ def _members(url: str, report: Report, name: str) -> list[tuple[str, str, bytes]
     return out
 
 
-def _image(data: bytes, where: str, report: Report, modes: tuple[str, ...]) -> tuple[int, int] | None:
+def _image(data: bytes, where: str, report: Report, modes: tuple[str, ...],
+           empty_is_violation: bool = False) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode not in modes:
                 report.add(where, f"image mode {im.mode}, expected {'/'.join(modes)}")
+            elif empty_is_violation and not im.getbbox():  # a mask with no pixel: a subject that is not there
+                report.add(where, "mask is all zero")
             return im.size
     except Exception as e:  # noqa: BLE001 — any decoder error is a violation to report
         report.add(where, f"does not decode: {e}")
@@ -103,6 +106,11 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
     except ValueError as e:
         report.add(where, f"meta.json is not JSON: {e}")
         return None
+    if not isinstance(meta, dict):
+        report.add(where, f"meta.json is a JSON {type(meta).__name__}, not an object")
+        return None
+    for name in shards.corrupt_members(files, meta):
+        report.add(where, f"{name} does not match the sha256 meta.json records (corrupted)")
     if meta.get("version") != shards.SAMPLE_VERSION:
         report.add(where, f"meta version {meta.get('version')!r}, expected {shards.SAMPLE_VERSION}")
     if meta.get("source") not in shards.KINDS:
@@ -112,9 +120,16 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
     if not isinstance(frames, list) or not frames or not isinstance(subjects, list):
         report.add(where, "meta needs a non-empty `frames` list and a `subjects` list")
         return None
+    wrong = [f"frames[{j}]" for j, fm in enumerate(frames) if not isinstance(fm, dict)]
+    wrong += [f"subjects[{i}]" for i, sm in enumerate(subjects) if not isinstance(sm, dict)]
+    if wrong:
+        report.add(where, f"meta {', '.join(wrong)} must be objects")
+        return None
     sizes = {}
     for j, fm in enumerate(frames):
         name = f"frame.{j}.jpg"
+        if not isinstance(fm.get("caption", ""), str):
+            report.add(where, f"frame {j} caption is {fm['caption']!r}, not a string")
         if name not in files:
             report.add(where, f"missing {name}")
             continue
@@ -131,10 +146,18 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
     for s in subjects:
         if not isinstance(s.get("phrase"), str):
             report.add(where, f"subject {s.get('id')} has no phrase")
-        for j, box in (s.get("boxes") or {}).items():
+        boxes = s.get("boxes") or {}
+        if not isinstance(boxes, dict):
+            report.add(where, f"subject {s.get('id')} boxes must be an object (frame → box)")
+            continue
+        for j, box in boxes.items():
             size = sizes.get(int(j)) if str(j).isdigit() else None
             if size is None:
                 report.add(where, f"subject {s.get('id')} has a box for unknown frame {j}")
+                continue
+            if not (isinstance(box, list) and len(box) == 4 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+                report.add(where, f"subject {s.get('id')} box {box!r} in frame {j} is not 4 numbers")
                 continue
             x0, y0, x1, y1 = box
             if not (0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]):
@@ -158,7 +181,7 @@ def _check_sample(key: str, files: dict[str, bytes], report: Report) -> dict[str
         j, i = int(m["j"]), int(m["i"])
         if i not in ids:
             report.add(where, f"{name} names subject {i}, not in meta")
-        size = _image(data, f"{where}/{name}", report, ("L",))
+        size = _image(data, f"{where}/{name}", report, ("L",), empty_is_violation=True)
         if size and sizes.get(j) and size != sizes[j]:
             report.add(where, f"{name} is {size[0]}x{size[1]}, frame {j} is {sizes[j][0]}x{sizes[j][1]}")
         if j not in sizes:

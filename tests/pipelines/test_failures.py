@@ -127,9 +127,13 @@ def test_an_empty_dataset_that_lost_its_shards_is_still_invalid(ray_local, tmp_p
 
 def test_leftover_temporaries_of_a_killed_run_are_removed_at_start(tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    leftovers = [out / "shards" / ".toy-000003.tar.tmp-0badc0de", out / "_ledger" / "toy" / "x.json.tmp-12345678",
-                 out / "index.parquet.tmp-abcdef01"]
-    kept = [out / "shards" / "notes.tmp-keep", out / "shards" / "README"]
+    leftovers = [out / "shards" / ".toy-000003.tar.anystory-tmp-0badc0de",
+                 out / "_ledger" / "toy" / ".x.parquet.anystory-tmp-12345678",
+                 out / "index.parquet" / ".x.parquet.anystory-tmp-abcdef01", out / ".manifest.json.anystory-tmp-0000ffff"]
+    kept = [out / "shards" / "notes.tmp-keep", out / "shards" / "README",
+            # a user's files: names like temporaries, outside the engine's folders or not named as it names them
+            out / "photos" / "2024" / "holiday.jpg.tmp-0badcafe", out / "photos" / ".a.jpg.anystory-tmp-0badcafe",
+            out / "shards" / "holiday.jpg.tmp-0badcafe"]
     for p in leftovers + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half")
@@ -162,7 +166,7 @@ def test_shards_and_ledger_records_are_fsynced_before_their_rename(tmp_path, mon
             "shards": ["toy-000000.tar"], "drops": {}}
     ledger.write_part(str(tmp_path), "toy", "r1", [unit], None)
     renamed = [path for kind, path in events if kind == "replace"]
-    assert len(renamed) == 2 and ".toy-000000.tar.tmp-" in renamed[0] and ".parquet.tmp-" in renamed[1]
+    assert len(renamed) == 2 and ".toy-000000.tar.anystory-tmp-" in renamed[0] and ".parquet.anystory-tmp-" in renamed[1]
     for path in renamed:
         assert ("fsync", path) in events[:events.index(("replace", path))], f"{path} renamed before fsync"
 

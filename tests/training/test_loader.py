@@ -291,10 +291,18 @@ def test_index_and_tar_disagreeing_is_an_error(colour_dataset):
 
 
 def truncate_shard(root: str, k: int) -> str:
-    """Cut shard k of a dataset to half its bytes (a copy interrupted mid-file), mid-sample."""
+    """Cut shard k of a dataset inside the data of its second sample's last file (a copy interrupted mid-file):
+    the first sample is whole, the second is not."""
+    import tarfile
+
     path = streams.open_source(root, None, 1.0, True).urls[k]
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    first_key = members[0].name.split(".", 1)[0]
+    second_key = next(m.name.split(".", 1)[0] for m in members if m.name.split(".", 1)[0] != first_key)
+    second = [m for m in members if m.name.split(".", 1)[0] == second_key][-1]
     with open(path, "r+b") as f:
-        f.truncate(f.seek(0, 2) // 2 + 700)
+        f.truncate(second.offset_data + second.size // 2)
     return path
 
 

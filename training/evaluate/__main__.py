@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from training.evaluate import sets
 
@@ -69,6 +70,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def adapters_problem(folder: str | None) -> str | None:
+    """What makes ``--adapters`` unusable, checked before any model is built; None when it can be loaded. Only
+    safetensors are read (a folder of pickled .bin/.pt weights is refused: loading them could run code)."""
+    from anystory.model import ADAPTER_CONFIG, ADAPTER_FILES
+
+    if folder is None:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        return f"--adapters {folder}: not a folder"
+    missing = [n for n in (ADAPTER_CONFIG, ADAPTER_FILES["subject_encoder"]) if not (path / n).is_file()]
+    if missing:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        return (f"--adapters {folder}: missing {', '.join(missing)}"
+                + (f" (pickled weights {pickles[:3]} are never loaded: save adapters as safetensors)" if pickles else ""))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.errors import EXPECTED, one_line
 
     quiet()
+    problem = adapters_problem(args.adapters)
+    if problem:
+        log.error("%s", problem)
+        return 2
 
     try:
         return evaluate(args)

@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datagen import shards
+from datagen.params import load_yaml
 from training.config import AugmentParams
 from training.plan import choose, sdxl_buckets
 
@@ -99,8 +100,11 @@ class SetSpec(_Spec):
 def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
     if not path.is_file():
         raise SpecError(f"missing image {path}")
-    with Image.open(path) as im:
-        return np.asarray(im.convert(mode))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
+        raise SpecError(f"{path} is not a readable image: {e}") from None
 
 
 def _subject(spec: SubjectSpec, root: Path) -> EvalSubject:
@@ -151,7 +155,7 @@ def load_spec(path: Path, seeds: list[int]) -> list[EvalSample]:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             spec = SetSpec(name=name, cases=lines)
         else:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = load_yaml(path.read_text()) or {}  # no aliases: an alias bomb is refused, not expanded
             spec = SetSpec.model_validate({"name": name, **tree} if isinstance(tree, dict) else tree)
     except (ValidationError, json.JSONDecodeError, yaml.YAMLError) as e:
         raise SpecError(f"bad spec {path}: {e}") from e
