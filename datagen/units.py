@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datagen.shards import Sample
+if TYPE_CHECKING:  # datagen.shards imports datagen.files, which raises BadInput from here
+    from datagen.shards import Sample
 
 
 LIST_STAGE = "list"

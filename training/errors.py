@@ -10,10 +10,12 @@ from pydantic import ValidationError
 from anystory.model import MissingAdapterPart
 from datagen.models import MissingModelError
 from datagen.shards import FormatError
+from training.checkpoints import UnsafeCheckpoint
 from training.evaluate.sets import SpecError
 from training.streams import BrokenShardsError, SyntheticDataError
 
-EXPECTED = (BrokenShardsError, SyntheticDataError, FormatError, MissingModelError, MissingAdapterPart, SpecError)
+EXPECTED = (BrokenShardsError, SyntheticDataError, FormatError, MissingModelError, MissingAdapterPart, SpecError,
+            UnsafeCheckpoint)
 
 
 def one_line(e: BaseException) -> str:

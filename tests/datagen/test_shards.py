@@ -92,7 +92,7 @@ def test_writer_is_atomic_and_abort_publishes_nothing(tmp_path, sample_factory):
     w = shards.ShardWriter(str(tmp_path), lambda: "video-000000.tar")
     w.write(shards.encode_sample(sample_factory()))
     assert not (tmp_path / "video-000000.tar").exists()  # not visible until complete
-    assert [n for n in os.listdir(tmp_path) if n.startswith(".video-000000.tar.tmp")]
+    assert [n for n in os.listdir(tmp_path) if shards.TMP_NAME.match(n) and n.startswith(".video-000000.tar.")]
     w.abort()
     assert os.listdir(tmp_path) == []
     with pytest.raises(RuntimeError):
