@@ -107,8 +107,8 @@ MUTANTS = {
     # CLIP's last layer instead of the penultimate
     "clip_last_layer": _edit(anystory.encoder, "clip_hidden_states", "hidden_states[-2]", "hidden_states[-1]"),
     # a subject's reference cut from the target frame although another frame shows it
-    "reference_from_target": _edit(training.plan, "choose", "int(rng.choice(others)) if others else target",
-                                   "target"),
+    "reference_from_target": _edit(training.plan, "choose", "subjects.append((i, target if ref is None else ref))",
+                                   "subjects.append((i, target))"),
     # routing masks in the reverse order of the references
     "routing_slots_reversed": _edit(training.augment, "collate", 'item["routing"][f]\n',
                                     'item["routing"][f].flip(0)\n'),
