@@ -16,7 +16,9 @@ from pipelines.stages import ActorStage, Resources, Stage, TaskStage
 
 class LoadResources(Params):
     load: Resources = Resources()
-    caption: Resources = Resources(num_cpus=1, batch_size=8)
+    # A model actor takes a quarter core, as the video and urls sources' model stages do: on 2 cores the
+    # captioner, deepfashion2's pair-measure embedder and the tasks' core fit together.
+    caption: Resources = Resources(num_cpus=0.25, batch_size=8)
 
 
 class LoadThenCaption(Params):
