@@ -3,11 +3,13 @@ resume position, broken-shard handling and per-source mixing as on local disk.""
 
 from __future__ import annotations
 
+import io
+
 import fsspec
 import pytest
 
 from datagen import shards
-from tests.training.test_loader import data_cfg
+from tests.training.test_loader import data_cfg, mid_sample_cut
 from tests.training.test_trainer import CONFIGS, overrides
 from training import streams
 from training.config import load_config
@@ -45,7 +47,7 @@ def test_a_truncated_shard_in_a_bucket_is_skipped_and_sources_mix_by_weight(colo
     b = upload(colour_dataset(4, 3, name="b"), s3_bucket, "b")
     fs, path = fsspec.core.url_to_fs(shards.shard_urls(a)[2])
     data = fs.cat_file(path)
-    fs.pipe_file(path, data[: len(data) // 2 + 700])  # an upload cut mid-sample
+    fs.pipe_file(path, data[: mid_sample_cut(io.BytesIO(data))])  # an upload cut mid-sample
     cfg = data_cfg([{"path": a, "weight": 1.0}, {"path": b, "weight": 3.0}], max_broken_fraction=0.25)
     sources = open_sources(cfg)
     names = [raw["__source__"] for r in range(8) for raw in streams.round_samples(sources, 0, False, 12, 0, 1, r)]

@@ -290,19 +290,26 @@ def test_index_and_tar_disagreeing_is_an_error(colour_dataset):
         list(streams.read_shard(src, 0))  # its only shard: nothing left to read
 
 
-def truncate_shard(root: str, k: int) -> str:
-    """Cut shard k of a dataset inside the data of its second sample's last file (a copy interrupted mid-file):
-    the first sample is whole, the second is not."""
+def mid_sample_cut(fileobj) -> int:
+    """The byte inside the data of a tar's second sample's last file: a copy cut there holds the first sample
+    whole and the second not."""
     import tarfile
 
-    path = streams.open_source(root, None, 1.0, True).urls[k]
-    with tarfile.open(path) as tar:
+    with tarfile.open(fileobj=fileobj) as tar:
         members = tar.getmembers()
     first_key = members[0].name.split(".", 1)[0]
     second_key = next(m.name.split(".", 1)[0] for m in members if m.name.split(".", 1)[0] != first_key)
     second = [m for m in members if m.name.split(".", 1)[0] == second_key][-1]
+    return second.offset_data + second.size // 2
+
+
+def truncate_shard(root: str, k: int) -> str:
+    """Cut shard k of a dataset mid-sample (a copy interrupted mid-file)."""
+    path = streams.open_source(root, None, 1.0, True).urls[k]
+    with open(path, "rb") as f:
+        cut = mid_sample_cut(f)
     with open(path, "r+b") as f:
-        f.truncate(second.offset_data + second.size // 2)
+        f.truncate(cut)
     return path
 
 
