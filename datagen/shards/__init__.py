@@ -387,19 +387,21 @@ def engine_folders(dataset: str) -> list[str]:
     return [root, *(f"{root}/{d}" for d in (SHARDS_DIR, INDEX_FILE, QUARANTINE_FILE, LEDGER_DIR)), *sources]
 
 
-def remove_temporaries(dataset: str) -> list[str]:
+def remove_temporaries(dataset: str, subfolders: list[str] | None = None) -> list[str]:
     """Delete the half-written temporary files that killed runs left in the engine's own folders, and abort the
     multipart uploads they left dangling on S3 (invisible, but stored and billed until aborted).
 
-    Only names the engine gives its temporaries (``TMP_NAME``), only in ``engine_folders``: a user's files
-    elsewhere under the output are never looked at. Only safe while no run writes into ``dataset`` (the runner
+    Only names the engine gives its temporaries (``TMP_NAME``), only in ``engine_folders`` (or, for another
+    output such as an export, its root and the ``subfolders`` it writes): a user's files elsewhere under the
+    output are never looked at. Only safe while no run writes into ``dataset`` (the runner
     holds the output lock). Returns their paths.
     """
     fs, root = fsspec.core.url_to_fs(dataset)
     aborted = _abort_uploads(fs, root)
     if not fs.isdir(root):
         return aborted
-    leftovers = [p for folder in engine_folders(dataset) if fs.isdir(folder)
+    folders = engine_folders(dataset) if subfolders is None else [root, *(f"{root}/{d}" for d in subfolders)]
+    leftovers = [p for folder in folders if fs.isdir(folder)
                  for p in fs.ls(folder, detail=False) if TMP_NAME.match(p.rstrip("/").rsplit("/", 1)[-1])]
     for p in leftovers:
         fs.rm_file(p)

@@ -195,7 +195,7 @@ def main(dataset: str, out: str, row_group_bytes: int = ROW_GROUP_BYTES) -> int:
         return 2
     try:
         manifest = shards.read_manifest(dataset)
-        for path in shards.remove_temporaries(out):  # one export per output: these are a killed export's
+        for path in shards.remove_temporaries(out, [DATA_DIR]):  # one export per output: these are a killed export's
             print(f"removing {path}, left half-written by an export that was killed")
         files = export(dataset, out, row_group_bytes)
     except (FileNotFoundError, shards.FormatError) as e:

@@ -188,6 +188,10 @@ def test_empty_set_and_missing_inputs(tmp_path, caplog):
 
 
 def test_missing_encoder_weights_fail_before_generation(tmp_path, capsys):
+    from anystory.model import ADAPTER_CONFIG, ADAPTER_FILES
+
+    for name in (ADAPTER_CONFIG, *ADAPTER_FILES.values()):  # an adapters folder that passes the up-front check
+        (tmp_path / name).write_bytes(b"{}")
     assert main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
                  "--clip", str(tmp_path / "no-clip")]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from datagen.labeling.filters import Instance
-from datagen.models import MissingModelError
 from training.evaluate import encoders, report, run
 from training.evaluate.__main__ import main
 from training.evaluate.encoders import build_encoders
@@ -77,11 +76,16 @@ def test_assign_gives_none_past_the_boxes_of_a_phrase():
     assert assign(["a dog"], []) == [None]
 
 
-def test_missing_detector_weights_fail_before_generation(tmp_path, monkeypatch):
+def test_missing_detector_weights_fail_before_generation(tmp_path, monkeypatch, capsys):
+    from anystory.model import ADAPTER_CONFIG, ADAPTER_FILES
+
+    for name in (ADAPTER_CONFIG, *ADAPTER_FILES.values()):  # an adapters folder that passes the up-front check
+        (tmp_path / name).write_bytes(b"{}")
     monkeypatch.setattr(encoders, "build_encoders", lambda *a, **k: build_encoders("tiny"))
-    with pytest.raises(MissingModelError, match="detector"):
-        main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
-              "--detector", str(tmp_path / "no-grounding-dino"), "--segmenter", str(tmp_path / "no-sam")])
+    assert main(["--adapters", str(tmp_path), "--set", "mini", "--out", str(tmp_path / "out"),
+                 "--detector", str(tmp_path / "no-grounding-dino"), "--segmenter", str(tmp_path / "no-sam")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "detector" in err[0]  # MissingModelError, one line
     assert not (tmp_path / "out").exists()
 
 
