@@ -63,8 +63,9 @@ def pairs_dataset(root: str) -> str:
         "pair_identity_min": pa.array([PAIRS[k][0] if k in PAIRS else None for k in keys], pa.float64()),
         "pair_change_min": pa.array([PAIRS[k][1] if k in PAIRS else None for k in keys], pa.float64()),
     })
-    for name in extra.column_names:
-        index = index.append_column(name, extra[name])
+    for name in extra.column_names:  # the writer's index (format 2.1) has the columns, null: set them
+        i = index.schema.get_field_index(name)
+        index = index.set_column(i, name, extra[name]) if i >= 0 else index.append_column(name, extra[name])
     pq.write_table(index, f"{root}/{shards.INDEX_FILE}/all.parquet")
     shards.write_quarantine(root, [{"unit_id": f"u{i}", "stage": "filter", "reason": "no_match", "detail": "",
                                     "source": "video"} for i in range(3)], "video")
