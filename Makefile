@@ -38,14 +38,14 @@ $(BLENDER_VENV)/.installed: requirements-blender.txt
 	touch $@
 
 dataset: setup
-	@echo "dataset: sample inputs, then every source on a local Ray, then validation; ~3-4 min on 2 cores"
+	@echo "dataset: sample inputs, then every source on a local Ray, then validation; ~4-5 min on 2 cores"
 	$(BIN)/python -m datagen.samples $(SAMPLE_INPUTS)
 	$(BIN)/python -m pipelines all --config configs/sample.yaml --out $(SAMPLE_OUT)
 	$(BIN)/python -m datagen.shards validate $(SAMPLE_OUT)
 
 # The default run also checks what `make dataset` built (every source, validation, evaluation on it).
 test: dataset
-	@echo "test: the fast suite, ~15 min on 2 cores (slowest tests listed at the end)"
+	@echo "test: the fast suite, ~25 min on 2 cores (slowest tests listed at the end)"
 	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest --durations=15
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
