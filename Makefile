@@ -45,7 +45,7 @@ dataset: setup
 
 # The default run also checks what `make dataset` built (every source, validation, evaluation on it).
 test: dataset
-	@echo "test: the fast suite, ~25 min on 2 cores (slowest tests listed at the end)"
+	@echo "test: the fast suite, ~17-25 min on 2 cores (slowest tests listed at the end)"
 	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest --durations=15
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
