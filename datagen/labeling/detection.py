@@ -8,12 +8,19 @@ probabilities and normalised boxes; one post-processing turns them into instance
 The phrase of a box is the prompt phrase whose tokens score highest for it: the libraries' own post-processing
 returns the tokens above ``text_threshold`` as text, which merges or splits phrases ("a dog. red.") and cannot
 be mapped back to a phrase reliably.
+
+The model reads at most ``max_text_len`` text tokens (256; transformers fails beyond it, the official package
+silently cuts the phrases past it): an image's phrases that do not fit one prompt are split into prompts that
+do, each run on the image, and their detections merged by score (mmdetection's ``chunked_size`` does the same
+for long class lists). A caption with many entities, or an evaluation case with ten subjects, is then labeled
+in full instead of failing or losing its last phrases.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -46,6 +53,18 @@ def prompt(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
         spans.append((len(text), len(text) + len(ph)))
         text += ph + " . "
     return text.strip(), spans
+
+
+def chunks(phrases: list[str], tokens: Callable[[str], int], limit: int) -> list[list[str]]:
+    """``phrases`` in order, packed greedily into groups whose ``prompt`` takes at most ``limit`` tokens (special
+    tokens included); a phrase too long alone goes alone (the tokenizer then cuts it to ``limit``)."""
+    groups: list[list[str]] = []
+    for ph in phrases:
+        if groups and tokens(prompt(groups[-1] + [ph])[0]) <= limit:
+            groups[-1].append(ph)
+        else:
+            groups.append([ph])
+    return groups
 
 
 def token_spans(offsets: list[tuple[int, int]], char_spans: list[tuple[int, int]]) -> list[list[int]]:
@@ -92,27 +111,36 @@ class Detector:
             self.model = GroundingDinoForObjectDetection.from_pretrained(spec.path, dtype=dtype)
         if not self.official:
             self.tokenizer = self.processor.tokenizer
+        # the official model fixes 256 (its args' max_text_len is not used); transformers' reads its config
+        self.max_text_len = self.model.max_text_len if self.official else self.model.config.max_text_len
         self.model = self.model.to(self.device, dtype).eval()
         self.dtype = dtype
 
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[list[Instance]]:
-        results: list[list[Instance]] = [[] for _ in images]
-        todo = [i for i, ph in enumerate(phrases) if ph]
-        for start in range(0, len(todo), self.params.batch_size):
-            batch = todo[start:start + self.params.batch_size]
-            texts, char_spans = zip(*(prompt(phrases[i]) for i in batch))
+        found: list[list[Instance]] = [[] for _ in images]
+        jobs = [(i, group) for i, ph in enumerate(phrases) if ph
+                for group in chunks(ph, self._tokens, self.max_text_len)]
+        for start in range(0, len(jobs), self.params.batch_size):
+            batch = jobs[start:start + self.params.batch_size]
+            texts, char_spans = zip(*(prompt(group) for _, group in batch))
             probs, boxes = (self._official if self.official else self._transformers)(
-                [images[i] for i in batch], list(texts))
-            for k, i in enumerate(batch):
-                offsets = self.tokenizer(texts[k], return_offsets_mapping=True)["offset_mapping"]
+                [images[i] for i, _ in batch], list(texts))
+            for k, (i, group) in enumerate(batch):
+                offsets = self.tokenizer(texts[k], return_offsets_mapping=True, truncation=True,
+                                         max_length=self.max_text_len)["offset_mapping"]
                 h, w = images[i].shape[:2]
-                results[i] = to_instances(probs[k], boxes[k], token_spans(offsets, char_spans[k]), phrases[i], w, h,
-                                          self.params)
-        return results
+                found[i] += to_instances(probs[k], boxes[k], token_spans(offsets, char_spans[k]), group, w, h,
+                                         self.params)
+        # one prompt's instances are already in score order; several prompts' are merged, capped as one
+        return [sorted(f, key=lambda x: -x.score)[:self.params.max_detections] for f in found]
 
     def _transformers(self, images: list[np.ndarray], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
+        inputs = self.processor(images=images, text=texts, padding=True, truncation=True,
+                                max_length=self.max_text_len, return_tensors="pt").to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         out = self.model(**inputs)
         return out.logits.float().sigmoid().cpu().numpy(), out.pred_boxes.float().cpu().numpy()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from datagen.labeling.captions import CaptionParams, Captioner
-from datagen.labeling.detection import DetectionParams, Detector, prompt, to_instances, token_spans
+from datagen.labeling.detection import DetectionParams, Detector, chunks, prompt, to_instances, token_spans
 from datagen.labeling.matching import Embedder
 from datagen.models import ModelSpec
 from datagen.labeling.segmentation import Segmenter
@@ -72,6 +72,35 @@ def test_detector_backends(images, backend):
         for x in found:
             assert x.phrase in asked and 0 <= x.score <= 1
             assert 0 <= x.box[0] <= x.box[2] <= w and 0 <= x.box[1] <= x.box[3] <= h
+
+
+def test_chunks_pack_phrases_in_order_into_prompts_that_fit():
+    tokenizer = bert_tokenizer()
+    tokens = lambda text: len(tokenizer(text)["input_ids"])
+    phrases = [f"a small red ceramic teapot number {k} with a long bamboo handle" for k in range(10)]
+    groups = chunks(phrases, tokens, 64)
+    assert [ph for g in groups for ph in g] == phrases and len(groups) > 1
+    assert all(tokens(prompt(g)[0]) <= 64 for g in groups)
+    assert tokens(prompt(groups[0] + groups[1][:1])[0]) > 64  # greedy: a group takes all that fits
+    assert chunks(["dog", "cat"], tokens, 64) == [["dog", "cat"]]
+    assert chunks(["word " * 80, "dog"], tokens, 64) == [["word " * 80], ["dog"]]  # too long alone: alone
+
+
+@pytest.mark.parametrize("backend", ["transformers", "official"])
+def test_phrases_past_the_text_length_are_detected_in_further_prompts(images, backend):
+    """A caption with many entities overflows the model's text length (tiny transformers: 64 tokens): transformers
+    failed, the official package (256 tokens) cut the last phrases. Each prompt now fits; boxes come from every
+    prompt, merged by score."""
+    if backend == "official":
+        pytest.importorskip("groundingdino")
+    detector = Detector(spec("detector", "IDEA-Research/grounding-dino-base", backend),
+                        DetectionParams(box_threshold=0.0, text_threshold=0.0, max_detections=50))
+    phrases = [f"a small red ceramic teapot number {k} with a long bamboo handle" for k in range(24)]
+    groups = chunks(phrases, detector._tokens, detector.max_text_len)
+    [found, few] = detector(images[:2], [phrases, ["dog"]])
+    assert len(groups) > 1 and len(found) == 50 and len(few) == 30  # 30 queries a prompt, capped at 50
+    assert {x.phrase for x in found} - set(groups[0])  # later prompts' phrases are found
+    assert [x.score for x in found] == sorted((x.score for x in found), reverse=True)
 
 
 @pytest.mark.parametrize("backend", ["transformers", "official"])

@@ -23,6 +23,18 @@ def test_tiny_locator_gives_a_region_of_the_image_shape_per_subject():
     assert regions.shape == (3, 48, 64) and regions.dtype == bool
 
 
+def test_ten_subjects_with_long_phrases_are_located_not_failed_after_generation():
+    """Issue 24 item 11: a 10-subject case's phrases overflow the detector's text length (the tiny model reads 64
+    tokens, Grounding DINO 256); they were scored after generating and failed there. Now they are split into
+    prompts that fit, every subject gets its region row."""
+    locator = PhraseLocator.build(resolve("tiny"))
+    image = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    phrases = [f"a small red ceramic teapot number {k} with a long bamboo handle" for k in range(10)]
+    assert len(locator.detector.tokenizer(" . ".join(phrases))["input_ids"]) > locator.detector.max_text_len
+    regions = locator(image, phrases)
+    assert regions.shape == (10, 48, 64) and regions.any(axis=(1, 2)).sum() >= 2
+
+
 class FakeDetector:
     """Three "a person" boxes (left best, then right, then middle) and none for "a dog"."""
 

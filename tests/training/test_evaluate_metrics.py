@@ -84,3 +84,14 @@ def test_m_dino_is_order_invariant_and_drops_for_a_swapped_pair(enc):
     assert right["confusion"] == flipped["confusion"] == 0.0
     assert swapped["confusion"] == 1.0  # each phrase's region shows the other subject
     assert right["subject_dino"] == pytest.approx(flipped["subject_dino"][::-1], abs=1e-6)
+
+
+def test_a_one_pixel_region_is_scored_as_an_rgb_crop(enc):
+    """SAM can return a region of a pixel or a line; its 1×1×3 (or 1×W×3) crop was read channels-first by the
+    image processors and failed after generation. Every crop is HWC."""
+    a = _image(0)
+    regions = np.zeros((2, 48, 48), bool)
+    regions[0, 10, 10] = True  # a single pixel
+    regions[1, 20, 5:40] = True  # a one-pixel-high line
+    out = score(enc, a, "a photo", [[crop(a)], [crop(_image(1))]], regions, ["a dog", "a cat"])
+    assert out["lost"] == 0.0 and len(out["subject_dino"]) == 2

@@ -4,6 +4,8 @@ alias bomb or a syntax error."""
 
 import logging
 
+import numpy as np
+
 import pytest
 
 from training.evaluate import __main__ as evaluate
@@ -58,3 +60,40 @@ def test_a_spec_with_an_alias_bomb_or_a_syntax_error_is_one_line(tmp_path, caplo
     assert code == 2 and says in said
     with pytest.raises(sets.SpecError):
         sets.load(str(folder), None, None, [0], 64)
+
+
+def ten_subject_folder(tmp_path, phrase):
+    from PIL import Image
+
+    folder = tmp_path / "ten"
+    folder.mkdir()
+    lines = ["subjects:"]
+    for k in range(10):
+        Image.new("RGB", (64, 48), (20 * k, 100, 200 - 20 * k)).save(folder / f"s{k}.png")
+        lines.append(f"  s{k}: {{image: s{k}.png, phrase: {phrase.format(k)}}}")
+    lines += ["cases:", "  - subjects: [" + ", ".join(f"s{k}" for k in range(10)) + "]",
+              "    prompts: ['" + " and ".join("{%d}" % k for k in range(10)) + " on a table']"]
+    (folder / "spec.yaml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_subject_phrase_past_the_text_encoders_length_is_refused_before_any_model(tmp_path, caplog, no_models):
+    """Item 11: a 10-subject case whose last phrases lie past SDXL's 77 text tokens was generated, then scored with
+    those subjects lost. Now refused up front, naming the sample and the phrase (tiny: its byte-level tokenizer)."""
+    folder = ten_subject_folder(tmp_path, "a small red ceramic teapot number {} with a long bamboo handle")
+    code, said = run(["--size", "tiny", "--set", str(folder), "--out", str(tmp_path / "o")], caplog)
+    assert code == 2 and "ten-0-0-s0: subject phrase 'a small red ceramic teapot number 1" in said
+    assert "past the 75 that SDXL's text encoders read" in said and not (tmp_path / "o").exists()
+
+
+def test_phrases_within_the_text_length_pass_the_check():
+    from anystory.builders import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()  # byte-level: a token per non-space character, start and end tokens besides
+    subject = sets.EvalSubject("a cat", None, None, [])
+    fits = sets.EvalSample("fits", "t", "x" * 71 + " a cat", 0, [subject])  # 1 + 71 + 4 + 1 = 77 tokens
+    past = sets.EvalSample("past", "t", "x" * 72 + " a cat", 0, [subject])
+    held_out = sets.EvalSample("held", "t", "x" * 200 + "a cat", 0, [subject], target=np.zeros((8, 8, 3)))
+    sets.check_phrases_reach_the_model([fits, held_out], tokenizer)  # held-out captions are cut as in training
+    with pytest.raises(sets.SpecError, match="past: subject phrase 'a cat' ends at text token 77"):
+        sets.check_phrases_reach_the_model([past], tokenizer)

@@ -122,6 +122,14 @@ def evaluate(args: argparse.Namespace) -> int:
     from datagen import shards
     from training.evaluate import encoders, locate, report, run
 
+    tokenizer = text_tokenizer(tiny, args.pretrained or builders.SDXL_BASE)
+    try:
+        if tokenizer is not None:
+            sets.check_phrases_reach_the_model(samples, tokenizer, tokenizer.model_max_length)
+    except sets.SpecError as e:
+        log.error("%s", e)
+        return 2
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") and not tiny else None
     log.info("loading the CLIP and DINO encoders, the Grounding DINO + SAM locator and AnyStory on %s (once, "
@@ -154,6 +162,21 @@ def evaluate(args: argparse.Namespace) -> int:
     metrics = report.write(args.out, samples, rows, images, info)
     print(report.text_summary(metrics))
     return 0
+
+
+def text_tokenizer(tiny: bool, pretrained: str):
+    """SDXL's first tokenizer (both read 77 tokens), or None where its files are not here (the model build then
+    names what is missing)."""
+    from transformers import CLIPTokenizer
+
+    from anystory import builders
+
+    if tiny:
+        return builders.tiny_tokenizer()
+    try:
+        return CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", local_files_only=True)
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

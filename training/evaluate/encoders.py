@@ -37,7 +37,8 @@ class Encoders:
     @torch.no_grad()
     def clip_images(self, images: list[np.ndarray]) -> torch.Tensor:
         """Unit-norm CLIP image embeddings (projected), (B, D)."""
-        pixels = self.clip_processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+        pixels = self.clip_processor(images=list(images), return_tensors="pt",  # HWC always: a 1×1×3 crop is
+                                    input_data_format="channels_last").pixel_values.to(self.device)  # not CHW
         return F.normalize(self.clip.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
 
     @torch.no_grad()
@@ -51,7 +52,8 @@ class Encoders:
     @torch.no_grad()
     def dino_images(self, images: list[np.ndarray]) -> torch.Tensor:
         """Unit-norm DINO CLS tokens of the last layer, (B, D)."""
-        pixels = self.dino_processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+        pixels = self.dino_processor(images=list(images), return_tensors="pt",
+                                    input_data_format="channels_last").pixel_values.to(self.device)
         return F.normalize(self.dino(pixel_values=pixels).last_hidden_state[:, 0].float(), dim=-1)
 
 

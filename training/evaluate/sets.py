@@ -208,6 +208,26 @@ def spread(samples: list[EvalSample], limit: int) -> list[EvalSample]:
     return [samples[k] for k in sorted(chosen)]
 
 
+def check_phrases_reach_the_model(samples: list[EvalSample], tokenizer, limit: int = 77) -> None:
+    """SDXL's text encoders read ``limit`` tokens (start and end included) and cut the rest: a subject phrase past
+    that is not in the text the model sees, and would be scored as lost after its generation. A written set's
+    prompt is refused up front (``SpecError``); held-out captions are left as training saw them (cut alike)."""
+    for s in samples:
+        if s.target is not None:
+            continue
+        start = 0
+        for sub in s.subjects:
+            at = s.prompt.find(sub.phrase, start)
+            if at < 0:
+                continue
+            start = at + len(sub.phrase)
+            used = len(tokenizer(s.prompt[:start], verbose=False)["input_ids"])  # with start and end tokens
+            if used > limit:
+                raise SpecError(f"{s.id}: subject phrase {sub.phrase!r} ends at text token {used - 1}, past the "
+                                f"{limit - 2} that SDXL's text encoders read; it would never reach the model: "
+                                f"shorten the prompt or the phrases")
+
+
 def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds: list[int], resolution: int,
          unique_token: str = "") -> list[EvalSample]:
     """Every sample to evaluate, each prompt with every seed of ``seeds`` (spec cases with their own ``seeds``
