@@ -41,6 +41,7 @@ class DeepFashion2Params(Params):
     max_pairs_per_group: int = 32  # samples per pair_id group (bounds a unit's memory), extra pairs counted
     max_pixels: int = images.MAX_PIXELS  # an image declaring more is refused before decoding (too_many_pixels)
     max_side: int | None = images.MAX_SIDE  # a longer image side is downscaled at decode, masks and boxes with it
+    allow_symlinks: bool = False  # follow image/ or annos/ symlinks that point out of the root (else path_outside_root)
     # Exact polygons: B.1's mask/box rule guards SAM masks and its 70 % area cap drops background-sized boxes;
     # neither fits product photos where the garment fills the frame.
     filters: FilterParams = FilterParams(area_max=1.0, min_mask_box_ratio=0.0)
@@ -74,11 +75,12 @@ def _read_group(fs, path: str) -> dict[str, Any]:
         return {"reason": e.reason, "detail": f"{path}: {e.detail}"}
 
 
-def list_units(root: str, cache: FileCache | None = None) -> list[Unit]:
+def list_units(root: str, cache: FileCache | None = None, allow_symlinks: bool = False) -> list[Unit]:
     """One unit per ``pair_id`` (sorted), listing its shop and user images by name. An annotation file that
     cannot be read or grouped becomes an unusable unit named by its file (quarantined); the rest run. The root
     is a name, not a pattern (``[v2]`` in it is literal). With a ``cache``, a local annotation unchanged since an
-    earlier listing (path, size, mtime) is not parsed again: a 390 k-file split is listed from the cache."""
+    earlier listing (path, size, mtime) is not parsed again: a 390 k-file split is listed from the cache. An
+    annotation that is a symlink out of the root is quarantined (``path_outside_root``) unless ``allow_symlinks``."""
     fs, base = files.url_to_fs(root)
     annos_dir = join(base, "annos")
     if not fs.isdir(annos_dir):
@@ -92,6 +94,11 @@ def list_units(root: str, cache: FileCache | None = None) -> list[Unit]:
         if not files.is_regular_file(fs, path):  # a FIFO would block the listing, a device read without end
             bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json",
                                      BadInput("not_a_regular_file", f"{path}: a FIFO, device or socket")))
+            continue
+        try:
+            files.inside_root(root, f"annos/{name}.json", allow_symlinks)
+        except BadInput as e:
+            bad.append(Unit.unusable(f"deepfashion2:{dataset}:annos/{name}.json", e))
             continue
         found = (cache.get("deepfashion2-group", path, lambda p: _read_group(fs, p)) if cached
                  else _read_group(fs, path))
@@ -150,7 +157,8 @@ class _Images:
     def load(self, name: str, anno: dict) -> None:
         if name in self.frames:
             return
-        image, (w, h) = images.read_rgb(join(self.root, "image", f"{name}.jpg"), self.p.max_pixels, self.p.max_side)
+        path = files.inside_root(self.root, f"image/{name}.jpg", self.p.allow_symlinks)  # a link out: refused
+        image, (w, h) = images.read_rgb(path, self.p.max_pixels, self.p.max_side)
         filters.check_image_size(w, h, self.p.filters)  # Rejected: the caller drops this image's pairs
         instances = []
         for k in _item_keys(anno):
@@ -177,7 +185,7 @@ def load_pairs(item: Item, p: DeepFashion2Params) -> Item:
     annos = {}
     for name in ref["shop"] + ref["user"]:
         try:
-            with files.open_url(join(root, "annos", f"{name}.json"), "r") as f:
+            with files.open_url(files.inside_root(root, f"annos/{name}.json", p.allow_symlinks), "r") as f:
                 annos[name] = json.load(f)
         except FileNotFoundError:
             raise BadInput("missing_file", join(root, "annos", f"{name}.json")) from None

@@ -38,7 +38,7 @@ class DeepFashion2Source:
     Config = Config
 
     def units(self, cfg: Config) -> list[Unit]:
-        return deepfashion2.list_units(cfg.root, FileCache())
+        return deepfashion2.list_units(cfg.root, FileCache(), cfg.params.allow_symlinks)
 
     def roles(self, cfg: Config) -> list[str]:
         return [*cfg.caption_roles(), "embedder"]

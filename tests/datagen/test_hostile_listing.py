@@ -139,3 +139,30 @@ def test_a_fifo_mesh_a_device_linked_as_mesh_and_a_fifo_sidecar_never_block_the_
                    next(u.id for u in units if u.ref.get("listing") and "x.glb" not in u.id
                         and "zero" not in u.id): "bad_sidecar"}
     assert [u.ref["meta"]["name"] for u in units if not u.ref.get("listing")] == ["cube"]
+
+
+def test_deepfashion2_symlinks_out_of_the_root_are_refused_unless_the_config_allows_it(tmp_path):
+    """As COCO's: an annotation linked from outside is quarantined at list, an image linked from outside fails its
+    group naming the link; ``allow_symlinks`` follows both."""
+    import shutil
+
+    from datagen.readers import deepfashion2 as df2
+    from datagen.samples import deepfashion2 as inputs
+
+    root = tmp_path / "train"
+    shutil.copytree(inputs.make(str(tmp_path / "made"))["root"], root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for rel in ("annos/000004.json", "image/000002.jpg"):  # pair 2's shop annotation, pair 1's first user photo
+        shutil.move(root / rel, outside / os.path.basename(rel))
+        os.symlink(outside / os.path.basename(rel), root / rel)
+    units = df2.list_units(str(root))
+    assert outcomes(units) == {"annos/000004.json": "path_outside_root"}
+    [pair1] = [u for u in units if u.ref.get("pair_id") == 1]
+    with pytest.raises(BadInput, match="path_outside_root") as e:
+        df2.load_pairs(Item(pair1), df2.DeepFashion2Params())
+    assert "image/000002.jpg" in e.value.detail
+    allowed = df2.list_units(str(root), allow_symlinks=True)
+    assert outcomes(allowed) == {} and len(allowed) == 4
+    [pair1] = [u for u in allowed if u.ref.get("pair_id") == 1]
+    assert len(df2.load_pairs(Item(pair1), df2.DeepFashion2Params(allow_symlinks=True)).samples) == 2
