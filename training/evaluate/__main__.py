@@ -25,8 +25,8 @@ log = logging.getLogger("training.evaluate")
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--adapters", help="adapters folder of a run (<output_dir>/adapters or checkpoints/step-N/adapters)")
-    p.add_argument("--set", help="a spec file (.yaml/.jsonl), a folder with spec.yaml, a DreamBench-layout folder, or "
-                                 "a shipped set name (mini)")
+    p.add_argument("--set", help="a spec file (.yaml/.jsonl), a folder with spec.yaml, a DreamBench-layout folder, "
+                                 "MS-Bench as published, or a shipped set name (mini)")
     p.add_argument("--shards", help="a dataset folder: evaluate on its samples (held-out data)")
     p.add_argument("--limit", type=int, help="at most N samples from --set, spread evenly over its subjects, and N "
                                               "pairs from --shards")

@@ -6,6 +6,8 @@ Three inputs, one ``EvalSample`` list:
   ``templates`` over ``scenes`` (``{scene}`` placeholder);
 - a folder in DreamBench's layout: the official one (``prompts_and_classes.txt``) or a plain one
   (``prompts.txt``): ``training.evaluate.dreambench``;
+- MS-Bench as MS-Diffusion publishes it (``msbench/<category>/`` and its prompt module):
+  ``training.evaluate.msbench``;
 - held-out shards of a dataset the engine built: the training planner's target/reference choice (``training.plan``)
   gives reference frames per subject and a target frame; the target caption is the prompt and each subject is
   scored against its crop in the real target frame.
@@ -232,7 +234,7 @@ def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds:
          unique_token: str = "") -> list[EvalSample]:
     """Every sample to evaluate, each prompt with every seed of ``seeds`` (spec cases with their own ``seeds``
     keep them); a bad spec or an empty set raises ``SpecError`` (before any generation)."""
-    from training.evaluate import dreambench  # it builds on this module's samples and helpers
+    from training.evaluate import dreambench, msbench  # they build on this module's samples and helpers
 
     samples: list[EvalSample] = []
     if set_path is not None:
@@ -241,7 +243,13 @@ def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds:
             path = SHIPPED / set_path
         if path.is_dir():
             specs = [p for p in (path / "spec.yaml", path / "spec.jsonl") if p.is_file()]
-            samples += load_spec(specs[0], seeds) if specs else dreambench.load(path, seeds, unique_token)
+            bench = None if specs else msbench.find(path)
+            if specs:
+                samples += load_spec(specs[0], seeds)
+            elif bench:
+                samples += msbench.load(*bench, seeds)
+            else:
+                samples += dreambench.load(path, seeds, unique_token)
         elif path.is_file():
             samples += load_spec(path, seeds)
         else:
