@@ -216,6 +216,21 @@ def test_held_out_shards_score_against_the_real_target_frame(colour_dataset):
                 assert ref != target
 
 
+def test_held_out_limit_spreads_over_the_shards_and_reads_only_theirs(colour_dataset, monkeypatch):
+    from datagen import shards
+
+    root = colour_dataset(3, 4)  # shards 0..2, keys ds-<shard>-<k>
+    read = []
+    iter_raw = shards.iter_raw
+    monkeypatch.setattr(shards, "iter_raw", lambda urls: (read.extend(urls), iter_raw(urls))[1])
+    samples = list(held_out(root, 3, 64))
+    assert [s.cluster for s in samples] == ["ds-0-0", "ds-1-2", "ds-2-3"]  # first, middle, last; not shard 0's
+    assert len(read) == 3
+    read.clear()
+    two = list(held_out(root, 2, 64, seeds=[0, 1]))
+    assert [s.cluster for s in two] == ["ds-0-0", "ds-0-0", "ds-2-3", "ds-2-3"] and len(read) == 2  # shard 1 unread
+
+
 def test_shipped_mini_set_loads():
     samples = load("mini", None, None, [0], 64)
     assert {len(s.subjects) for s in samples} == {1, 2, 3}

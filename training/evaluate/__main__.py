@@ -29,7 +29,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                  "MS-Bench as published, or a shipped set name (mini)")
     p.add_argument("--shards", help="a dataset folder: evaluate on its samples (held-out data)")
     p.add_argument("--limit", type=int, help="at most N samples from --set, spread evenly over its subjects, and N "
-                                              "pairs from --shards")
+                                              "pairs from --shards, spread evenly over its index")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--baseline", action="append", default=[],
                    choices=["base-sdxl", "ip-adapter", "target-oracle", "reference-paste"],

@@ -168,18 +168,24 @@ def load_spec(path: Path, seeds: list[int]) -> list[EvalSample]:
 
 def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int = 4, seed: int = 0,
              seeds: list[int] | tuple[int, ...] = (0,)) -> Iterator[EvalSample]:
-    """Up to ``limit`` pairs of ``dataset`` with at least one subject, in shard order, each generated with every
-    seed of ``seeds``; pairs as training makes them (``training.plan.choose``, no condition drop, ``seed``), at the
-    target frame's aspect bucket."""
+    """Pairs of ``dataset`` with at least one subject, each generated with every seed of ``seeds``; pairs as
+    training makes them (``training.plan.choose``, no condition drop, ``seed``), at the target frame's aspect
+    bucket. ``limit``: that many samples at even spacing over the index (every source and shard in proportion, not
+    the first shard's), read from their shards only; a chosen sample without a usable pair is skipped."""
     params = AugmentParams(max_subjects=max_subjects, drop_rate=0.0, resolution=resolution,
                            bucket_step=min(64, resolution))
     buckets = sdxl_buckets(params.resolution, params.bucket_step, params.max_aspect)
     name = Path(dataset.rstrip("/")).name
+    chosen, urls = None, shards.shard_urls(dataset)
+    if limit is not None:
+        chosen = spaced_keys(dataset, limit)
+        urls = shards.shard_urls(dataset, sorted(set(chosen.values())))
     n = 0
-    for raw in shards.iter_raw(shards.shard_urls(dataset)):
-        if limit is not None and n >= limit:
-            return
+    for raw in shards.iter_raw(urls):
+        if chosen is not None and raw["__key__"] not in chosen:
+            continue
         plan = choose(raw, params, buckets, np.random.default_rng([seed, n]))
+        n += 1
         if plan is None:
             continue
         sample = shards.decode_sample(raw)
@@ -191,7 +197,16 @@ def held_out(dataset: str, limit: int | None, resolution: int, max_subjects: int
         for s in seeds:
             yield EvalSample(f"{sample.key}-s{s}", name, target.caption, s, subs, target=target.image,
                              size=plan.bucket, meta=meta, cluster=sample.key)
-        n += 1
+
+
+def spaced_keys(dataset: str, limit: int) -> dict[str, str]:
+    """``limit`` keys of the index's samples with subjects, at even spacing in (shard, key) order: key → shard."""
+    table = shards.read_table(dataset, shards.INDEX_FILE).select(["key", "shard", "n_subjects"]).to_pylist()
+    rows = sorted((r["shard"], r["key"]) for r in table if r["n_subjects"])
+    if not rows:
+        return {}
+    picks = np.unique(np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(int))
+    return {rows[k][1]: rows[k][0] for k in picks}
 
 
 def spread(samples: list[EvalSample], limit: int) -> list[EvalSample]:
