@@ -1,10 +1,12 @@
 """Subject confusion and lost subjects (detect-and-compare): through ``score`` on tiny encoders with known regions
 — a swapped pair is confused, a missing subject is lost and never scores better than a correct image, two subjects
 in one region are confused, subject order does not matter — and the per-reference normalisation on similarity
-matrices: a reference whose background squeezes every similarity toward 1 (white) changes nothing."""
+matrices and through ``score``: a reference whose background squeezes every similarity toward 1 (white) changes
+nothing."""
 
 import numpy as np
 import pytest
+import torch
 
 from tests.shard_factory import smooth_image
 from training.evaluate import confusion
@@ -124,3 +126,56 @@ def test_unrelated_crops_have_the_regions_shape_on_the_background():
     nulls = confusion.unrelated_masks(regions)
     assert len(nulls) == 2 and all(m.sum() == 28 * 28 for m in nulls)
     assert not any((m & regions.any(0)).any() for m in nulls)
+
+
+class ColourEncoders:
+    """Embeds an image as its coarse colour histogram (4 levels a channel), an encoder whose behaviour is known: a
+    cut-out crop's white margin and a reference's white background share a bin, as a real encoder's "white"
+    features do, so a reference on white resembles every cut-out region."""
+
+    synthetic = True
+
+    def _histograms(self, images):
+        out = []
+        for im in images:
+            q = (np.asarray(im)[..., :3] // 64).reshape(-1, 3)
+            h = np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float32)
+            out.append(h / np.linalg.norm(h))
+        return torch.tensor(np.stack(out))
+
+    clip_images = dino_images = _histograms
+
+    def clip_texts(self, texts):
+        return torch.nn.functional.normalize(torch.ones(len(texts), 64), dim=-1)
+
+
+def _discs(radius: int = 10) -> np.ndarray:
+    """Round regions inside the two subjects' squares, as SAM gives: their cut-out crops have white corners."""
+    yy, xx = np.mgrid[:H, :W]
+    regions = np.zeros((2, H, W), bool)
+    for i, (ys, xs) in enumerate((LEFT, RIGHT)):
+        regions[i] = (yy - (ys.start + ys.stop) / 2) ** 2 + (xx - (xs.start + xs.stop) / 2) ** 2 <= radius ** 2
+    return regions
+
+
+def _shot(name: str, white: bool) -> np.ndarray:
+    """A reference: the subject on a white product-shot background, or photographed on a scene."""
+    ref = np.full((40, 40, 3), 255, np.uint8) if white else smooth_image(np.random.default_rng(24), 40, 40)
+    ref[6:34, 6:34] = _subject(name)
+    return ref
+
+
+@pytest.mark.parametrize("toy_on_white", [False, True])
+def test_a_white_background_reference_changes_no_outcome_through_score(toy_on_white, monkeypatch):
+    """Issue 20: the toy's reference on white (DreamBench-style product shot) or on a scene gives the same outcomes
+    through ``score``: the correct image is not confused, the swapped one is. Without the per-reference
+    normalisation the white reference "wins" the cup's region and the correct image is half confused."""
+    enc, regions = ColourEncoders(), _discs()
+    refs = [[_shot("toy", toy_on_white)], [_shot("cup", False)]]
+    right = score(enc, _image("toy", "cup"), "a toy and a cup", refs, regions, PHRASES)
+    swapped = score(enc, _image("cup", "toy"), "a toy and a cup", refs, regions, PHRASES)
+    assert (right["confusion"], right["lost"]) == (0.0, 0.0)
+    assert swapped["confusion"] == 1.0
+    if toy_on_white:  # the calibration is what keeps it: raw similarities confuse the correct image
+        monkeypatch.setattr(confusion, "normalise", lambda similarity, unrelated: similarity)
+        assert score(enc, _image("toy", "cup"), "a toy and a cup", refs, regions, PHRASES)["confusion"] == 0.5
