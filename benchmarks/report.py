@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,15 +43,14 @@ def make_dataset(out: str, n: int) -> None:
         m = index.num_rows
         has = rng.random(m) < 0.8
         sizes = rng.choice([[640, 480], [1536, 864], [512, 512], [740, 500]], m)
-        index = index.set_column(index.schema.get_field_index("width"), "width", pa.array(sizes[:, 0], pa.int32()))
-        index = index.set_column(index.schema.get_field_index("height"), "height", pa.array(sizes[:, 1], pa.int32()))
-        index = index.set_column(index.schema.get_field_index("n_subjects"), "n_subjects",
-                                 pa.array(rng.integers(1, 5, m), pa.int32()))
-        index = index.set_column(index.schema.get_field_index("subject_area_max"), "subject_area_max",
-                                 pa.array(rng.uniform(0.05, 0.7, m)))
-        index = index.append_column("n_pairs", pa.array(np.where(has, rng.integers(1, 6, m), 0), pa.int32()))
-        index = index.append_column("pair_identity_min", pa.array(rng.beta(8, 2, m), mask=~has))
-        index = index.append_column("pair_change_min", pa.array(rng.beta(2, 5, m), mask=~has))
+        columns = {"width": pa.array(sizes[:, 0], pa.int32()), "height": pa.array(sizes[:, 1], pa.int32()),
+                   "n_subjects": pa.array(rng.integers(1, 5, m), pa.int32()),
+                   "subject_area_max": pa.array(rng.uniform(0.05, 0.7, m)),
+                   "n_pairs": pa.array(np.where(has, rng.integers(1, 6, m), 0), pa.int32()),
+                   "pair_identity_min": pa.array(rng.beta(8, 2, m), mask=~has),
+                   "pair_change_min": pa.array(rng.beta(2, 5, m), mask=~has)}
+        for name, values in columns.items():  # the writer's columns (null pair measures), given values
+            index = index.set_column(index.schema.get_field_index(name), name, values)
         pq.write_table(index, shards.join(out, shards.INDEX_FILE, f"{scale.SOURCE}-{s:04d}.parquet"))
         kept = np.asarray(rows["status"]) == "kept"
         quarantine.append(rows.filter(pa.array(~kept)).select(list(shards.QUARANTINE_COLUMNS)))
@@ -73,20 +71,12 @@ def measure(out: str) -> dict[str, float]:
     size = report.write_report(out, shards.join(out, "report.html"))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"report_s": wall, "report_cpu_s": cpu, "peak_rss_gb": rss / 1e9, "page_mb": size / 1e6}
+    rows = pq.ParquetDataset(shards.join(out, shards.INDEX_FILE)).read(columns=["key"]).num_rows  # after the RSS
+    return {"report_s": wall, "report_cpu_s": cpu, "peak_rss_gb": rss / 1e9, "page_mb": size / 1e6, "rows": rows}
 
 
 def run_scale(base: str, n: int) -> dict[str, float]:
-    out = os.path.join(base, f"ds-{n}")
-    t = time.perf_counter()
-    make_dataset(out, n)
-    made = time.perf_counter() - t
-    proc = subprocess.run([sys.executable, __file__, "--measure", out], capture_output=True, text=True, check=True)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(rows=int(pq.ParquetDataset(shards.join(out, shards.INDEX_FILE)).read(columns=["key"]).num_rows),
-                  generate_s=made)
-    shutil.rmtree(out)
-    return result
+    return scale.build_and_measure(__file__, make_dataset, os.path.join(base, f"ds-{n}"), n)
 
 
 def main() -> None:

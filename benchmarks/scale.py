@@ -142,17 +142,23 @@ def measure(out: str, n: int) -> dict[str, float]:
             "finalize_cpu_s": finalize_cpu, "peak_rss_gb": rss / 1e9}
 
 
-def run_scale(base: str, n: int) -> dict[str, float]:
-    out = os.path.join(base, f"ds-{n}")
+def build_and_measure(script: str, make, out: str, n: int, *child_args: str) -> dict[str, float]:
+    """Build the simulated dataset of ``n`` units at ``out`` with ``make``, measure it with ``script --measure out
+    ...`` in a fresh process (its peak RSS is the measurement's own; its last stdout line is the JSON result),
+    then remove it."""
     t = time.perf_counter()
-    make_dataset(out, n)
+    make(out, n)
     made = time.perf_counter() - t
-    proc = subprocess.run([sys.executable, __file__, "--measure", out, "--units", str(n)], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run([sys.executable, script, "--measure", out, *child_args], capture_output=True, text=True,
+                          check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["generate_s"] = made
     shutil.rmtree(out)
     return result
+
+
+def run_scale(base: str, n: int) -> dict[str, float]:
+    return build_and_measure(__file__, make_dataset, os.path.join(base, f"ds-{n}"), n, "--units", str(n))
 
 
 def main() -> None:
