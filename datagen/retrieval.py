@@ -4,7 +4,7 @@ Beyond the papers (AnyStory §3.4 pairs frames of one clip; OpenS2V-Nexus and Ph
 videos): every subject of a finished dataset is embedded (the matcher's masked, square-padded crops and embedder,
 averaged over the frames it is in), an approximate nearest-neighbour index is built over the embeddings, and each
 subject's neighbours become candidates when they come from another unit (not the same clip, DeepFashion2 pair
-group or object: ``unit_group``) and their phrases agree (the matcher's ``phrase_key``). A candidate is verified
+group or object: ``unit_group``) and their phrases agree (the matcher's ``phrases_agree``). A candidate is verified
 on the exact cosine similarity (``min_identity``) and written as a two-frame sample, one frame from each unit
 (``cross_sample``), with provenance naming both.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import fsspec
 import numpy as np
@@ -25,7 +25,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from datagen import shards
-from datagen.labeling.matching import masked_crop, phrase_key
+from datagen.labeling.matching import Agreement, masked_crop, phrase_key, phrases_agree
 from datagen.params import Params
 
 EMBEDDING_SCHEMA = pa.schema([
@@ -62,7 +62,7 @@ class RetrieveParams(Params):
     # exact cosine of the subjects' mean embeddings for a verified pair: stricter than the matcher's 0.6 within a
     # clip, where time and place already make a match likely
     min_identity: float = 0.8
-    phrases_agree: Literal["head", "exact", "off"] = "head"
+    phrases_agree: Agreement = "wordnet"
     max_pairs_per_subject: int = Field(3, ge=1)  # so one popular subject does not fill the dataset
     ann: AnnParams = AnnParams()
 
@@ -214,7 +214,7 @@ def verified_pairs(sims: np.ndarray, ids: np.ndarray, groups: np.ndarray, keys: 
         for s, j in zip(sims[q], ids[q]):
             if j < 0 or j == i or s < p.min_identity or groups[i] == groups[j]:
                 continue
-            if keys[i] is not None and keys[j] is not None and keys[i] != keys[j]:
+            if not phrases_agree(keys[i], keys[j], p.phrases_agree):
                 continue
             out.append((float(s), min(i, int(j)), max(i, int(j))))
     return out

@@ -245,7 +245,7 @@ def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | 
     sample = _sample(item)
     instances = item.scratch["instances"]
     keys = [[matching.phrase_key(x.phrase, p.phrases_agree) for x in frame] for frame in instances]
-    tracks = matching.match(item.scratch["embeddings"], p.min_similarity, keys)
+    tracks = matching.match(item.scratch["embeddings"], p.min_similarity, keys, p.phrases_agree)
     if tracks and not any(t.matched for t in tracks) and not p.self_references:
         raise Rejected("no_match", f"none of {len(tracks)} subjects is matched across {len(instances)} frames")
     groups = [(t, {j: instances[j][i] for j, i in sorted(t.members.items())}) for t in tracks]
