@@ -95,7 +95,7 @@ def _frequent_senses(word: str) -> list:
     return [s for s, c in zip(synsets, counts) if c >= MIN_SENSE_SHARE * max(counts)]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1 << 16)  # phrases: bounded, a long run sees many
 def senses(head: str) -> frozenset:
     """The frequent senses of a phrase's head: its trailing WordNet compound's and its last word's."""
     words = head.lower().replace("-", " ").split()
@@ -120,7 +120,7 @@ def _parents(synset) -> list:
     return parents
 
 
-@functools.cache
+@functools.cache  # at most WordNet's 82,115 noun synsets
 def ancestors(synset) -> frozenset:
     """Hypernyms at most ``MAX_DEPTH`` steps up, none of them (nor past them) ``TOO_GENERAL``."""
     seen, frontier = set(), [synset]
@@ -130,7 +130,7 @@ def ancestors(synset) -> frozenset:
     return frozenset(seen)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1 << 18)
 def related(a: str, b: str) -> bool:
     """Do heads ``a`` and ``b`` agree: a shared sense, or one's sense a near hypernym of the other's."""
     sa, sb = senses(a), senses(b)
