@@ -4,7 +4,7 @@ Beyond the papers (AnyStory §3.4 pairs frames of one clip; OpenS2V-Nexus and Ph
 videos): every subject of a finished dataset is embedded (the matcher's masked, square-padded crops and embedder,
 averaged over the frames it is in), an approximate nearest-neighbour index is built over the embeddings, and each
 subject's neighbours become candidates when they come from another unit (not the same clip, DeepFashion2 pair
-group or object: ``unit_group``) and their phrases agree (the matcher's ``phrase_key``). A candidate is verified
+group or object: ``unit_group``) and their phrases agree (the matcher's ``phrases_agree``). A candidate is verified
 on the exact cosine similarity (``min_identity``) and written as a two-frame sample, one frame from each unit
 (``cross_sample``), with provenance naming both.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import fsspec
 import numpy as np
@@ -25,7 +25,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from datagen import shards
-from datagen.labeling.matching import masked_crop, phrase_key
+from datagen.labeling.matching import Agreement, masked_crop, phrase_key, phrases_agree
 from datagen.params import Params
 
 EMBEDDING_SCHEMA = pa.schema([
@@ -36,7 +36,7 @@ PAIR_SCHEMA = pa.schema([
     ("pair", pa.string()), ("similarity", pa.float32()),
     *[(f"{side}_{c}", t) for side in ("a", "b") for c, t in
       (("key", pa.string()), ("shard", pa.string()), ("subject", pa.int32()), ("frame", pa.int32()),
-       ("members", pa.string()))],
+       ("members", pa.string()), ("row", pa.int64()))],  # row: the subject's row over the embedding files, in order
 ])
 # provenance fields naming the unit a sample came from, most specific first: DeepFashion2's pair group, a mesh's
 # content hash (one object under two uids is one object), its uid, a clip's or photo's URL, a COCO file
@@ -62,7 +62,7 @@ class RetrieveParams(Params):
     # exact cosine of the subjects' mean embeddings for a verified pair: stricter than the matcher's 0.6 within a
     # clip, where time and place already make a match likely
     min_identity: float = 0.8
-    phrases_agree: Literal["head", "exact", "off"] = "head"
+    phrases_agree: Agreement = "wordnet"
     max_pairs_per_subject: int = Field(3, ge=1)  # so one popular subject does not fill the dataset
     ann: AnnParams = AnnParams()
 
@@ -214,15 +214,17 @@ def verified_pairs(sims: np.ndarray, ids: np.ndarray, groups: np.ndarray, keys: 
         for s, j in zip(sims[q], ids[q]):
             if j < 0 or j == i or s < p.min_identity or groups[i] == groups[j]:
                 continue
-            if keys[i] is not None and keys[j] is not None and keys[i] != keys[j]:
+            if not phrases_agree(keys[i], keys[j], p.phrases_agree):
                 continue
             out.append((float(s), min(i, int(j)), max(i, int(j))))
     return out
 
 
-def select_pairs(candidates: list[tuple[float, int, int]], max_per_subject: int) -> list[tuple[float, int, int]]:
-    """Unique pairs, most similar first, each subject in at most ``max_per_subject`` of them."""
-    used: dict[int, int] = {}
+def select_pairs(candidates: list[tuple[float, int, int]], max_per_subject: int,
+                 used: dict[int, int] | None = None) -> list[tuple[float, int, int]]:
+    """Unique pairs, most similar first, each subject in at most ``max_per_subject`` of them (``used``: pairs a
+    subject already has)."""
+    used = dict(used or {})
     chosen, seen = [], set()
     for s, i, j in sorted(candidates, key=lambda c: (-c[0], c[1], c[2])):
         if (i, j) in seen or used.get(i, 0) >= max_per_subject or used.get(j, 0) >= max_per_subject:
@@ -277,8 +279,16 @@ def cross_sample(key: str, a: View, a_subject: int, b: View, b_subject: int, sim
 # ------------------------------------------------------------------------------------ pairs of a dataset
 
 
-def find_pairs(embeddings: list[str], vectors_path: str, p: RetrieveParams) -> pa.Table:
-    """Verified pairs (``PAIR_SCHEMA``) over the subjects of the embedding files (local parquet paths).
+def find_pairs(embeddings: list[str], vectors_path: str, p: RetrieveParams, paired: int = 0,
+               previous: pa.Table | None = None) -> tuple[pa.Table, int]:
+    """Verified pairs (``PAIR_SCHEMA``) over the subjects of the embedding files (local parquet paths), and how
+    many subjects were queried.
+
+    A rerun after new shards pairs only the new work: the first ``paired`` files were paired by an earlier run
+    (``previous``, its pairs, kept as they are and counted against each subject's quota), so only the subjects of
+    the files after them query the index (which holds every subject: a new one pairs with old ones). An old
+    subject is found by a new one's query, never by its own: the nearest-neighbour relation is not symmetric, so
+    this can differ from a run from scratch at the margin of the ``k`` neighbours.
 
     Memory: the vectors go to a float32 file (``vectors_path``, memory-mapped: pages come and go), the index holds
     d bytes a vector (IVF-SQ8) or 4·d (exact), and per subject two int32 codes (unit group, phrase key); the rows
@@ -289,8 +299,10 @@ def find_pairs(embeddings: list[str], vectors_path: str, p: RetrieveParams) -> p
     ds = pads.dataset(embeddings, schema=EMBEDDING_SCHEMA, format="parquet")
     meta = ds.to_table(columns=["group", "phrase"])
     n = meta.num_rows
-    if n == 0:
-        return PAIR_SCHEMA.empty_table()
+    previous = previous if previous is not None and paired else PAIR_SCHEMA.empty_table()
+    new_from = pads.dataset(embeddings[:paired], schema=EMBEDDING_SCHEMA, format="parquet").count_rows() if paired else 0
+    if n == new_from:
+        return previous, 0
     groups = meta["group"].combine_chunks().dictionary_encode().indices.to_numpy()
     keys = phrase_keys(meta["phrase"].to_pylist(), p.phrases_agree)
     del meta
@@ -312,17 +324,23 @@ def find_pairs(embeddings: list[str], vectors_path: str, p: RetrieveParams) -> p
     for start in range(0, n, 65_536):
         index.add(np.asarray(vectors[start:start + 65_536]))
     k = min(p.k + 1, n)  # + itself
-    candidates = []
-    for start in range(0, n, p.ann.query_batch):
+    candidates, queried = [], 0
+    for start in range(new_from, n, p.ann.query_batch):
         sims, ids = index.search(np.asarray(vectors[start:start + p.ann.query_batch]), k, vectors)
         candidates += verified_pairs(sims, ids, groups, keys, p, offset=start)
-    chosen = select_pairs(candidates, p.max_pairs_per_subject)
+        queried += len(ids)
+    used: dict[int, int] = {}
+    for row in previous["a_row"].to_pylist() + previous["b_row"].to_pylist():
+        used[row] = used.get(row, 0) + 1
+    chosen = select_pairs(candidates, p.max_pairs_per_subject, used)
     if not chosen:
-        return PAIR_SCHEMA.empty_table()
+        return previous, queried
     cols = ["key", "shard", "subject", "frame", "members"]
-    a = ds.take(pa.array([i for _, i, _ in chosen]), columns=cols)
-    b = ds.take(pa.array([j for _, _, j in chosen]), columns=cols)
+    rows = {"a": [i for _, i, _ in chosen], "b": [j for _, _, j in chosen]}
+    a, b = (ds.take(pa.array(rows[side]), columns=cols) for side in ("a", "b"))
     pair = [pair_key(ak, asub, bk, bsub) for ak, asub, bk, bsub in
             zip(a["key"].to_pylist(), a["subject"].to_pylist(), b["key"].to_pylist(), b["subject"].to_pylist())]
-    return pa.table({"pair": pair, "similarity": pa.array([s for s, _, _ in chosen], pa.float32()),
-                     **{f"a_{c}": a[c] for c in cols}, **{f"b_{c}": b[c] for c in cols}}, schema=PAIR_SCHEMA)
+    new = pa.table({"pair": pair, "similarity": pa.array([s for s, _, _ in chosen], pa.float32()),
+                    **{f"{side}_{c}": t[c] for side, t in (("a", a), ("b", b)) for c in cols},
+                    **{f"{side}_row": pa.array(rows[side], pa.int64()) for side in ("a", "b")}})
+    return pa.concat_tables([previous, new.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)]), queried

@@ -5,7 +5,8 @@ Cross-context pairs by retrieval over a finished dataset (datagen/retrieval.py h
    (a Ray actor pool of the matcher's embedder; a shard whose file exists is skipped, so a rerun embeds only new
    or unfinished shards);
 2. pairs: an ANN index over the embeddings, candidates from other units with agreeing phrases, verified
-   (``DIR2/_retrieval/pairs.parquet``);
+   (``DIR2/_retrieval/pairs.parquet``); a rerun keeps the pairs found before and queries only the subjects of
+   shards embedded since (a change of ``params`` pairs everything again);
 3. write: each pair is a unit of the ``retrieval`` source, run by the pipelines' runner into DIR2 (shards
    ``retrieval-NNNNNN.tar``, index, ledger, quarantine, manifest: the same format, resumable like every source),
    which the trainer reads as another source (``{path: DIR2, source: retrieval}``).
@@ -142,6 +143,23 @@ def embed_dataset(dataset: str, folder: str, spec: registry.ModelSpec, cfg: Retr
     return len(todo), len(names)
 
 
+PAIRED_FILES, PAIRED_PARAMS = b"paired_files", b"params"  # pairs.parquet's metadata: what its pairs cover
+
+
+def paired_before(pairs_path: str, params: retrieval.RetrieveParams) -> tuple[list[str], Any]:
+    """The embedding files an earlier run paired, in its row order, and its pairs; none when there was no run or
+    it ran with other params (its pairs would not be this run's)."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(pairs_path):
+        return [], None
+    table = pq.read_table(pairs_path)
+    meta = table.schema.metadata or {}
+    if PAIRED_FILES not in meta or meta.get(PAIRED_PARAMS) != params.model_dump_json().encode():
+        return [], None
+    return json.loads(meta[PAIRED_FILES]), table.replace_schema_metadata(None).cast(retrieval.PAIR_SCHEMA)
+
+
 def retrieve(dataset: str, out: str, cfg: RetrieveConfig) -> dict[str, Any]:
     """The three steps; returns the counts also written into the manifest under ``retrieval``."""
     from pipelines.runner import run_source
@@ -153,20 +171,29 @@ def retrieve(dataset: str, out: str, cfg: RetrieveConfig) -> dict[str, Any]:
     t0 = time.time()
     embedded, total = embed_dataset(dataset, os.path.join(work, "embeddings"), spec, cfg)
     t1 = time.time()
-    files = [os.path.join(work, "embeddings", embedding_file(n)) for n in shards.list_shards(dataset)]
-    pairs = retrieval.find_pairs(files, os.path.join(work, "vectors.npy"), cfg.params)
     import pyarrow.parquet as pq
 
-    with shards.atomic_open(os.path.join(work, "pairs.parquet")) as f:
-        pq.write_table(pairs, f)
+    pairs_path = os.path.join(work, "pairs.parquet")
+    current = [embedding_file(n) for n in shards.list_shards(dataset)]
+    done, previous = paired_before(pairs_path, cfg.params)
+    if not set(done) <= set(current):  # a shard paired before is gone: its pairs cannot be kept
+        done, previous = [], None
+    names = done + [n for n in current if n not in set(done)]  # rows of the files paired before keep their numbers
+    pairs, queried = retrieval.find_pairs([os.path.join(work, "embeddings", n) for n in names],
+                                          os.path.join(work, "vectors.npy"), cfg.params,
+                                          paired=len(done), previous=previous)
+    state = {PAIRED_FILES: json.dumps(names), PAIRED_PARAMS: cfg.params.model_dump_json()}
+    with shards.atomic_open(pairs_path) as f:  # the pairs and what they cover, in one atomic write
+        pq.write_table(pairs.replace_schema_metadata(state), f)
     t2 = time.time()
-    print(f"[retrieve] {total} shards ({embedded} embedded now, {t1 - t0:.1f}s); {pairs.num_rows} verified pairs "
-          f"({t2 - t1:.1f}s)")
+    print(f"[retrieve] {total} shards ({embedded} embedded now, {t1 - t0:.1f}s); {pairs.num_rows} verified pairs, "
+          f"{pairs.num_rows - (previous.num_rows if previous is not None else 0)} new from {queried} subjects "
+          f"queried ({t2 - t1:.1f}s)")
     pipeline = PipelineConfig(out=out, models=cfg.models, ray=cfg.ray, writer=cfg.writer, registry=cfg.registry)
     source_cfg = SourceParams(dataset=dataset, pairs=os.path.join(work, "pairs.parquet"), params=cfg.params)
     result = run_source(RetrievalSource(cfg.write), pipeline, source_cfg=source_cfg)
-    summary = {"dataset": dataset, "shards": total, "pairs": pairs.num_rows, "embed_s": round(t1 - t0, 2),
-               "pairs_s": round(t2 - t1, 2)}
+    summary = {"dataset": dataset, "shards": total, "pairs": pairs.num_rows, "queried": queried,
+               "embed_s": round(t1 - t0, 2), "pairs_s": round(t2 - t1, 2)}
     manifest = shards.read_manifest(out)
     try:  # a pair of synthetic samples is synthetic too
         upstream = shards.read_manifest(dataset).get("synthetic_models", True)

@@ -232,27 +232,47 @@ def _phrase(members: list[Instance]) -> str:
     return max(members, key=lambda x: (counts[x.phrase], x.score)).phrase
 
 
+def _ranked_tracks(item: Item, p: MatchParams) -> list[tuple[matching.Track, dict[int, Instance]]]:
+    """The tracks with their instances per frame, matched ones first, then the larger ones."""
+    instances = item.scratch["instances"]
+    keys = [[matching.phrase_key(x.phrase, p.phrases_agree) for x in frame] for frame in instances]
+    tracks = matching.match(item.scratch["embeddings"], p.min_similarity, keys, p.phrases_agree)
+    groups = [(t, {j: instances[j][i] for j, i in sorted(t.members.items())}) for t in tracks]
+    return sorted(groups, key=lambda g: (-len(g[1]), -np.mean([x.box_area for x in g[1].values()])))
+
+
 def match_subjects(item: Item, p: MatchParams, fp: FilterParams, models: dict | None = None,
                    rules: PairRules | None = None) -> Item:
     """Hungarian matching across frames → the sample's subjects (at most ``fp.max_subjects``) and their pairs.
 
     A subject seen in one frame only keeps its own crop as reference (``fields.reference = target_crop``); a clip
     where no subject is seen in two frames is rejected (``no_match``) unless ``p.self_references``.
-    Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones.
+    Over the cap, matched subjects go first (they are the real cross-frame pairs), then the larger ones; the ones
+    left out stay visible, so their frames are dropped (``match/frame_unlabeled``, then matched again) or, with
+    ``fp.unlabeled = ignore``, their boxes join the frames' ignore regions.
     Every matched subject's frame pairs are measured (``pairs.measure``: identity from the embeddings already
     computed for matching); with ``rules``, pairs failing them are dropped (``pairs/<reason>``).
     """
     sample = _sample(item)
-    instances = item.scratch["instances"]
-    keys = [[matching.phrase_key(x.phrase, p.phrases_agree) for x in frame] for frame in instances]
-    tracks = matching.match(item.scratch["embeddings"], p.min_similarity, keys)
-    if tracks and not any(t.matched for t in tracks) and not p.self_references:
-        raise Rejected("no_match", f"none of {len(tracks)} subjects is matched across {len(instances)} frames")
-    groups = [(t, {j: instances[j][i] for j, i in sorted(t.members.items())}) for t in tracks]
-    groups.sort(key=lambda g: (-len(g[1]), -np.mean([x.box_area for x in g[1].values()])))
+    groups = _ranked_tracks(item, p)
     if len(groups) > fp.max_subjects:
         item.drop("match", "too_many_subjects", len(groups) - fp.max_subjects)
-        groups = groups[: fp.max_subjects]
+    while len(groups) > fp.max_subjects:  # the subjects over the cap stay visible in their frames, without a slot
+        over = groups[fp.max_subjects:]
+        if fp.unlabeled == "ignore":
+            ignore = item.scratch.setdefault("ignore", [[] for _ in sample.frames])
+            for _, members in over:
+                for j, x in members.items():
+                    ignore[j].append(filters.ignore_box(x.box, sample.frames[j].width, sample.frames[j].height))
+            groups = groups[: fp.max_subjects]
+        else:  # their frames go, and the rest is matched again (each pass drops a frame: it ends)
+            frames = {j for _, members in over for j in members}
+            item.drop("match", "frame_unlabeled", len(frames))
+            _drop_frames(item, "match", frames)
+            groups = _ranked_tracks(item, p)
+    tracks = [t for t, _ in groups]
+    if tracks and not any(t.matched for t in tracks) and not p.self_references:
+        raise Rejected("no_match", f"none of {len(tracks)} subjects is matched across {len(sample.frames)} frames")
     if not groups:
         raise Rejected("no_subjects", "nothing left to match")
     subjects = []

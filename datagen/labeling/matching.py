@@ -9,8 +9,10 @@ on image-embedding similarity.
   each later frame is assigned to the open tracks by ``scipy.optimize.linear_sum_assignment`` on cosine
   similarity to each track's mean embedding; an assigned pair below ``min_similarity`` is not a match, and
   every instance left unmatched opens its own track. Beside appearance, the box's phrase is a cue
-  (appearance alone confuses look-alike subjects): with ``phrases_agree`` only instances whose phrases agree can match (``head``: the same head
-  noun, "red ball" = "ball"; ``exact``; ``off``). A track seen in one frame only is an unmatched subject:
+  (appearance alone confuses look-alike subjects): with ``phrases_agree`` only instances whose phrases agree can
+  match (``wordnet``, the default: the same head noun, or head nouns WordNet relates as synonyms or near
+  hypernyms, "man" = "person", "puppy" = "dog", never siblings, "man" ≠ "woman": ``wordnet.related``; ``head``: the
+  same head noun, "red ball" = "ball"; ``exact``; ``off``). A track seen in one frame only is an unmatched subject:
   the source uses its own crop as the reference (MS-Diffusion: "for the targets where matching fails, we
   directly use the corresponding parts of the ground truth as references").
 """
@@ -25,17 +27,19 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from datagen import devices, tiny
+from datagen.labeling import wordnet
 from datagen.models import ModelSpec
 from datagen.params import Params
 
 # ImageNet mean colour: normalises to ~0, the least informative input for DINOv2/CLIP.
 NEUTRAL = (124, 116, 104)
+Agreement = Literal["wordnet", "head", "exact", "off"]
 
 
 class MatchParams(Params):
     min_similarity: float = 0.6  # cosine similarity of a matched pair (DINOv2 CLS: same object ≳ 0.6)
     batch_size: int = 32  # crops per embedder call
-    phrases_agree: Literal["head", "exact", "off"] = "head"  # which instances may match, by their phrases
+    phrases_agree: Agreement = "wordnet"  # which instances may match, by their phrases
     # A clip where no subject is matched across frames is no frame pair: rejected (no_match) unless this is set,
     # then its subjects are their own references (MS-Diffusion's fallback, for the whole clip)
     self_references: bool = False
@@ -61,10 +65,22 @@ def masked_crop(image: np.ndarray, mask: np.ndarray, box: list[float]) -> np.nda
 
 
 def phrase_key(phrase: str, agree: str) -> str | None:
-    """What two phrases must share to match: the head noun (last word), the phrase, or nothing (None)."""
+    """What ``phrases_agree`` compares of a phrase: the head noun (last word), the phrase (``exact``; ``wordnet``,
+    lower-cased: its compounds count, "little girl"), or nothing (None)."""
     if agree == "off":
         return None
+    if agree == "wordnet":
+        return phrase.lower()
     return phrase.split()[-1] if agree == "head" and phrase.split() else phrase
+
+
+def phrases_agree(a: str | None, b: str | None, agree: str) -> bool:
+    """May instances with phrase keys ``a`` and ``b`` be one subject (None agrees with all)."""
+    if a is None or b is None or a == b:
+        return True
+    if agree != "wordnet":
+        return False
+    return (a.split() or [a])[-1] == (b.split() or [b])[-1] or wordnet.related(a, b)
 
 
 class Embedder:
@@ -119,16 +135,16 @@ class Track:
 
 
 def match(embeddings: list[np.ndarray], min_similarity: float,
-          keys: list[list[str | None]] | None = None) -> list[Track]:
+          keys: list[list[str | None]] | None = None, agree: str = "head") -> list[Track]:
     """Tracks over frames; ``embeddings[j]`` holds frame j's instances (n_j × D, L2-normalised rows) and
-    ``keys[j]`` their ``phrase_key``s: a pair whose keys differ (neither None) cannot match."""
+    ``keys[j]`` their ``phrase_key``s: a pair whose keys do not agree (``phrases_agree``) cannot match."""
     tracks: list[Track] = []
     for j, emb in enumerate(embeddings):
         frame_keys = keys[j] if keys is not None else [None] * len(emb)
         assigned: set[int] = set()
         if tracks and len(emb):
             sim = np.stack([t.embedding for t in tracks]) @ emb.T
-            apart = np.array([[a is not None and b is not None and a != b for b in frame_keys]
+            apart = np.array([[not phrases_agree(a, b, agree) for b in frame_keys]
                               for a in (t.key for t in tracks)])
             sim[apart] = -2.0  # below any cosine: the assignment avoids it and the threshold refuses it
             for t, i in zip(*linear_sum_assignment(-sim)):

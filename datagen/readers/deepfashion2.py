@@ -9,7 +9,9 @@ the same garment; style 0 matches nothing (DeepFashion2 paper §3).
 One unit per ``pair_id`` group. Each user (consumer) image is paired with the ``pairs_per_user`` shop images that
 share the most styles with it; a sample is (shop image, user image), its subjects the matched garments with masks
 rasterised from the polygons (pycocotools, exact). Items without a partner, style-0 items and items failing the
-filters are dropped with their reason; a group with no pair left is rejected.
+filters are dropped with their reason; a group with no pair left is rejected. A garment a filter rule dropped, or
+one over the subject cap, stays visible without a slot: by default its pair is dropped (``unlabeled_instance``),
+with ``filters.unlabeled: ignore`` its boxes are the frames' ``ignore`` regions.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class _Images:
         self.frames: dict[str, np.ndarray] = {}
         self.original: dict[str, tuple[int, int]] = {}  # (width, height) before the downscale
         self.kept: dict[str, dict[str, Instance]] = {}
+        self.unlabeled: dict[str, list[list[float]]] = {}  # boxes (stored pixels) of garments a rule dropped
 
     def load(self, name: str, anno: dict) -> None:
         if name in self.frames:
@@ -177,6 +180,7 @@ class _Images:
         self.original[name] = (w, h)
         size = (image.shape[1], image.shape[0])  # the polygons are in the original's pixels: rules there, then scaled
         self.kept[name] = {x.fields["item"]: downscaled(x, (w, h), size) for x in kept}
+        self.unlabeled[name] = [downscaled(x, (w, h), size).box for x in filters.unlabeled(instances)]
 
 
 def load_pairs(item: Item, p: DeepFashion2Params) -> Item:
@@ -244,15 +248,27 @@ def _pair_sample(item: Item, ref: dict, pair: tuple[str, str], annos: dict, styl
         subjects.append(Subject(id=len(subjects), phrase=a["category_name"], masks={0: xs.mask, 1: xu.mask},
                                 boxes={0: xs.box, 1: xu.box},
                                 fields={"style": style, "category_id": a["category_id"], "items": [ks, ku]}))
+    # garments left in a photo without a slot: those a rule dropped, and those over the subject cap
+    ignore = [list(loaded.unlabeled[s]), list(loaded.unlabeled[u])]
     if len(subjects) > p.filters.max_subjects:
         item.drop(STAGE, "too_many_subjects", len(subjects) - p.filters.max_subjects)
+        for x in subjects[p.filters.max_subjects:]:
+            ignore[0].append(x.boxes[0])
+            ignore[1].append(x.boxes[1])
         subjects = subjects[: p.filters.max_subjects]
     if not subjects:
         item.drop(STAGE, "pair_without_subjects")
         return None
-    frames = [Frame(loaded.frames[n], caption([annos[n][k] for k in _item_keys(annos[n])]),
-                    {"image": n, "domain": annos[n]["source"], "original_size": list(loaded.original[n])})
-              for n in (s, u)]
+    if any(ignore) and p.filters.unlabeled == "drop_frame":  # a pair is its two frames: dropping one drops it
+        item.drop(STAGE, "unlabeled_instance")
+        return None
+    frames = []
+    for n, boxes in zip((s, u), ignore):
+        image = loaded.frames[n]
+        fields = {"image": n, "domain": annos[n]["source"], "original_size": list(loaded.original[n])}
+        if boxes:  # filters.unlabeled = ignore: left out of the routing loss
+            fields["ignore"] = [filters.ignore_box(b, image.shape[1], image.shape[0]) for b in boxes]
+        frames.append(Frame(image, caption([annos[n][k] for k in _item_keys(annos[n])]), fields))
     return Sample(
         key=stable_key("df2", f"{ref['dataset']}/{s}/{u}"),
         source="image",

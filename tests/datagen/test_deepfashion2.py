@@ -136,12 +136,53 @@ def test_filters_and_caps_count_what_they_drop(root):
     assert e.value.reason == "no_pairs_after_filters"
     capped = load(unit, max_pairs_per_group=1)
     assert len(capped.samples) == 1 and capped.drops["deepfashion2/pairs_over_cap"] == 1
-    narrow = load(unit, filters=FilterParams(aspect_min=1.5, area_max=1.0, min_mask_box_ratio=0.0))
+    narrow = load(unit, filters=FilterParams(aspect_min=1.5, area_max=1.0, min_mask_box_ratio=0.0,
+                                             unlabeled="ignore"))
     # 000002's trousers (box aspect 1.40) fail the aspect rule: the first pair keeps only the top; 000003's top
     # (1.07) and skirt (1.17) fail too, leaving its pair without a subject
     assert [len(s.subjects) for s in narrow.samples] == [1]
     assert narrow.drops == {"deepfashion2/style_0": 1, "deepfashion2/box_aspect": 3,
                             "deepfashion2/pair_without_subjects": 1}
+
+
+def _box(root, name, item):
+    with open(os.path.join(root, "annos", f"{name}.json")) as f:
+        return json.load(f)[item]["bounding_box"]
+
+
+def _pair(sample):
+    return sample.provenance["shop"], sample.provenance["user"]
+
+
+DF2_RULES = dict(area_max=1.0, min_mask_box_ratio=0.0)  # the source's defaults
+NARROW = dict(DF2_RULES, aspect_min=1.5)  # 000002's trousers (aspect 1.40) fail
+
+
+def test_a_garment_a_rule_drops_drops_its_pair_or_is_an_ignore_region(root):
+    """Pair (000001, 000002) shows a top and trousers; the aspect rule drops the trousers in the user photo, where
+    they stay visible without a slot. (Pair (000001, 000003) loses every subject to the rule.)"""
+    item = Item(units_by_pair(root)[1])
+    with pytest.raises(Rejected) as e:
+        df2.load_pairs(item, df2.DeepFashion2Params(filters=FilterParams(**NARROW)))
+    assert e.value.reason == "no_pairs_after_filters" and item.drops["deepfashion2/unlabeled_instance"] == 1
+    kept = load(units_by_pair(root)[1], filters=FilterParams(**NARROW, unlabeled="ignore"))
+    [s] = kept.samples
+    assert _pair(s) == ("000001", "000002") and [x.phrase for x in s.subjects] == ["short sleeve top"]
+    assert "ignore" not in s.frames[0].fields
+    assert s.frames[1].fields["ignore"] == [pytest.approx(_box(root, "000002", "item2"))]
+    assert "deepfashion2/unlabeled_instance" not in kept.drops
+
+
+def test_a_garment_over_the_subject_cap_drops_its_pair_or_is_an_ignore_region(root):
+    """With a cap of one subject, pair (000001, 000002) keeps its top and leaves the trousers visible in both."""
+    capped = load(units_by_pair(root)[1], filters=FilterParams(**DF2_RULES, max_subjects=1))
+    assert [_pair(s) for s in capped.samples] == [("000001", "000003")]
+    assert capped.drops["deepfashion2/too_many_subjects"] == 1 and capped.drops["deepfashion2/unlabeled_instance"] == 1
+    kept = load(units_by_pair(root)[1], filters=FilterParams(**DF2_RULES, max_subjects=1, unlabeled="ignore"))
+    s = kept.samples[0]
+    assert _pair(s) == ("000001", "000002") and [x.phrase for x in s.subjects] == ["short sleeve top"]
+    for fr, name in zip(s.frames, ("000001", "000002")):
+        assert fr.fields["ignore"] == [pytest.approx(_box(root, name, "item2"))]
 
 
 def test_a_pair_of_740x500_photos_becomes_a_two_frame_sample_with_the_defaults(root):

@@ -133,6 +133,34 @@ def test_at_most_four_subjects_matched_ones_first():
     assert all(s.id == k for k, s in enumerate(it.samples[0].subjects))
 
 
+def five_subjects_one_over_the_cap():
+    """Subjects a–d in three frames; a fifth, e (the smallest, seen once), in frame 1 only: over the cap of 4."""
+    it = item(3)
+    four = [inst(ph, 40 * k, w=36) for k, ph in enumerate("abcd")]
+    it.scratch["instances"] = [list(four), [*four, inst("e", 160, w=30)], list(four)]
+    it.scratch["embeddings"] = [onehot(0, 1, 2, 3), onehot(0, 1, 2, 3, 4), onehot(0, 1, 2, 3)]
+    return it
+
+
+def test_a_frame_holding_a_subject_over_the_cap_is_dropped_by_default():
+    it = five_subjects_one_over_the_cap()
+    labeling.match_subjects(it, MatchParams(), FilterParams(min_image_side=0))
+    sample = it.samples[0]
+    assert [fr.fields["time_s"] for fr in sample.frames] == [0.0, 1.0]  # frame 1 (t = 0.5 s) went
+    assert [(s.phrase, sorted(s.masks)) for s in sample.subjects] == [(ph, [0, 1]) for ph in "abcd"]
+    assert it.drops == {"match/too_many_subjects": 1, "match/frame_unlabeled": 1}
+    assert all("ignore" not in fr.fields for fr in sample.frames)
+
+
+def test_on_request_a_subject_over_the_cap_is_an_ignore_region():
+    it = five_subjects_one_over_the_cap()
+    labeling.match_subjects(it, MatchParams(), FilterParams(min_image_side=0, unlabeled="ignore"))
+    meta = sample_meta(it.samples[0])
+    assert [s["phrase"] for s in meta["subjects"]] == list("abcd") and len(meta["frames"]) == 3
+    assert [fr.get("ignore") for fr in meta["frames"]] == [None, [[160.0, 20.0, 190.0, 70.0]], None]
+    assert it.drops == {"match/too_many_subjects": 1}
+
+
 # ---------------------------------------------------------------------- whole chain, tiny random models
 
 
@@ -173,8 +201,9 @@ def run_chain(chain, clip, fp):
 
 
 def test_whole_chain_on_tiny_models_yields_a_valid_sample(chain, clip):
-    # tiny random boxes are ~1 % of the frame and their masks noise: open the area and mask rules
-    fp = FilterParams(min_image_side=200, area_min=0.0, min_mask_box_ratio=0.0)
+    # tiny random boxes are ~1 % of the frame and their masks noise: open the area and mask rules; and they are
+    # no real instances: 5 tracks over the cap of 4 here, one in every frame, which the default drops frame by frame
+    fp = FilterParams(min_image_side=200, area_min=0.0, min_mask_box_ratio=0.0, unlabeled="ignore")
     it = run_chain(chain, clip, fp)
     sample = it.samples[0]
     assert 2 <= len(sample.frames) <= 3 and all(fr.caption for fr in sample.frames)

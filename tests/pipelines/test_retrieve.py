@@ -2,6 +2,8 @@
 phrases are not; the output is a dataset of the shard format that validates, resumes and the trainer opens."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +12,8 @@ import pytest
 from datagen import retrieval, shards
 from datagen.shards.validate import validate
 from pipelines.cli import main as cli_main
-from tests.retrieval_set import recurring_dataset
+from tests.retrieval_set import recurring_dataset, unit_sample
+from tests.shard_factory import write_dataset
 from training.config import AugmentParams
 from training.plan import plan_samples, sdxl_buckets
 from training.streams import open_source, read_shard
@@ -63,6 +66,17 @@ def test_retrieve_pairs_a_subject_across_units_only(tmp_path, ray_local, capsys)
     printed = capsys.readouterr().out
     assert "(0 embedded now" in printed and "2 skipped (done before)" in printed
     assert len(shards.read_table(out, shards.INDEX_FILE)) == 2
+    # a new shard with the dog in clip e: only its subject is embedded and queried, the old pairs stay
+    extra = write_dataset(str(tmp_path / "extra"), [[unit_sample("vid-e", "clips/e.mp4", [(1, "dog")], 6)]])
+    shutil.copy(os.path.join(extra, shards.SHARDS_DIR, "test-000000.tar"),
+                os.path.join(dataset, shards.SHARDS_DIR, "test-000002.tar"))
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(1 embedded now" in printed and "3 new from 1 subjects queried" in printed
+    assert shards.read_manifest(out)["retrieval"]["queried"] == 1
+    assert pairs_of(out) == {("vid-a", "vid-b"), ("vid-a2", "vid-b"),
+                             ("vid-a", "vid-e"), ("vid-a2", "vid-e"), ("vid-b", "vid-e")}  # b's third pair
+    assert len(shards.read_table(out, shards.INDEX_FILE)) == 5
 
 
 def test_retrieve_refuses_a_folder_without_shards(tmp_path, capsys):
@@ -96,18 +110,41 @@ def test_ann_index_recall_against_exact_search():
     assert (np.diff(sims, axis=1) <= 1e-6).all()
 
 
+def _embeddings_file(path, x, first=0):
+    """Subjects ``first``… with vectors ``x``, a unit group per two subjects, all of them dogs."""
+    pq.write_table(retrieval.EMBEDDING_SCHEMA.empty_table().from_pylist([
+        {"key": f"k{first + i}", "shard": "s-000000.tar", "subject": 0, "phrase": "dog", "group": f"g{(first + i) // 2}",
+         "frame": 0, "members": "{}", "vector": v} for i, v in enumerate(x)], schema=retrieval.EMBEDDING_SCHEMA), path)
+    return path
+
+
+def test_a_rerun_after_new_shards_queries_only_their_subjects_and_keeps_the_old_pairs(tmp_path):
+    x = _clusters(1600, 32, 200)
+    old = _embeddings_file(str(tmp_path / "old.parquet"), x[:1200])
+    new = _embeddings_file(str(tmp_path / "new.parquet"), x[1200:], first=1200)
+    p = retrieval.RetrieveParams(k=10, min_identity=0.7, max_pairs_per_subject=2)
+    before, queried = retrieval.find_pairs([old], str(tmp_path / "v.npy"), p)
+    assert queried == 1200 and before.num_rows > 100
+    after, queried = retrieval.find_pairs([old, new], str(tmp_path / "v.npy"), p, paired=1, previous=before)
+    assert queried == 400  # only the new shard's subjects query the index
+    assert after.slice(0, before.num_rows).equals(before)  # the old pairs, as they were
+    added = after.slice(before.num_rows)
+    assert added.num_rows > 20 and all(max(a, b) >= 1200 for a, b in zip(added["a_row"].to_pylist(),
+                                                                        added["b_row"].to_pylist()))
+    rows = after["a_row"].to_pylist() + after["b_row"].to_pylist()
+    assert max(rows.count(r) for r in set(rows)) <= 2  # the quota counts the old pairs
+    for a, b, sim in zip(added["a_row"].to_pylist(), added["b_row"].to_pylist(), added["similarity"].to_pylist()):
+        assert a // 2 != b // 2 and sim >= 0.7 and sim == pytest.approx(float(x[a] @ x[b]), abs=1e-5)
+
+
 def test_find_pairs_ann_agrees_with_exact(tmp_path):
     """Embeddings files → pairs, through the IVF index and through exact search: the same pairs."""
     n, d = 3000, 32
     x = _clusters(n, d, 300)
-    table = retrieval.EMBEDDING_SCHEMA.empty_table().from_pylist([
-        {"key": f"k{i}", "shard": "s-000000.tar", "subject": 0, "phrase": "dog", "group": f"g{i // 2}", "frame": 0,
-         "members": "{}", "vector": x[i]} for i in range(n)], schema=retrieval.EMBEDDING_SCHEMA)
-    path = str(tmp_path / "e.parquet")
-    pq.write_table(table, path)
+    path = _embeddings_file(str(tmp_path / "e.parquet"), x)
     p = dict(k=10, min_identity=0.7, max_pairs_per_subject=2)
-    exact = retrieval.find_pairs([path], str(tmp_path / "v1.npy"), retrieval.RetrieveParams(**p))
-    ann = retrieval.find_pairs([path], str(tmp_path / "v2.npy"), retrieval.RetrieveParams(
+    exact, _ = retrieval.find_pairs([path], str(tmp_path / "v1.npy"), retrieval.RetrieveParams(**p))
+    ann, _ = retrieval.find_pairs([path], str(tmp_path / "v2.npy"), retrieval.RetrieveParams(
         **p, ann=retrieval.AnnParams(exact_below=0, nprobe=16)))
     assert exact.num_rows > 100
     same = len(set(exact["pair"].to_pylist()) & set(ann["pair"].to_pylist()))
