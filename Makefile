@@ -44,9 +44,12 @@ dataset: setup
 	$(BIN)/python -m datagen.shards validate $(SAMPLE_OUT)
 
 # The default run also checks what `make dataset` built (every source, validation, evaluation on it).
+# TEST_WORKERS pytest processes (pytest-xdist), a test module to one of them (its module fixtures run once): most
+# tests use one core (OMP_NUM_THREADS=1), so two fill a 2-core machine. More cores: TEST_WORKERS=4 (each ~2-3 GB).
+TEST_WORKERS ?= 2
 test: dataset
-	@echo "test: the fast suite, ~17-25 min on 2 cores (slowest tests listed at the end)"
-	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest --durations=15
+	@echo "test: the fast suite on $(TEST_WORKERS) processes, ~12-15 min on 2 cores (slowest tests listed at the end)"
+	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
 test-slow: setup
