@@ -115,7 +115,7 @@ def output_lock(out: str, source: str, cfg: LockConfig = LockConfig()) -> Iterat
 
 
 @contextmanager
-def _object_lease(store: lease.S3Store, out: str, source: str, cfg: LockConfig) -> Iterator[lease.Lease]:
+def _object_lease(store: lease.Store, out: str, source: str, cfg: LockConfig) -> Iterator[lease.Lease]:
     url = shards.join(out, LOCK_FILE)
     try:
         held = lease.acquire(store, url, source, cfg.expiry_s, cfg.heartbeat_s)
