@@ -13,8 +13,9 @@ Object stores have no file locks, and two machines share nothing else, so the lo
   lost the lease. Writers check the lease object (``LeaseGuard.check``) before each shard put and each ledger
   commit, and the driver stops at its next result, so a run that lost its lease writes nothing more.
 
-Stores speak conditional writes through ``CONDITIONAL_STORES`` (S3's ``IfNoneMatch``/``IfMatch``, which AWS S3 and
-S3-compatible servers support; botocore ≥ 1.35). Any other object store is refused unless the config accepts the
+Stores speak conditional writes through ``CONDITIONAL_STORES``: S3's ``IfNoneMatch``/``IfMatch`` (AWS S3 and
+S3-compatible servers; botocore ≥ 1.35) and GCS's generation preconditions (``ifGenerationMatch``, the generation
+standing for the ETag). Any other object store is refused unless the config accepts the
 risk (``lock.unsafe_without_conditional_writes``), in which case the lock is a local file that keeps out runs on
 this machine only.
 """
