@@ -13,8 +13,9 @@ Object stores have no file locks, and two machines share nothing else, so the lo
   lost the lease. Writers check the lease object (``LeaseGuard.check``) before each shard put and each ledger
   commit, and the driver stops at its next result, so a run that lost its lease writes nothing more.
 
-Stores speak conditional writes through ``CONDITIONAL_STORES`` (S3's ``IfNoneMatch``/``IfMatch``, which AWS S3 and
-S3-compatible servers support; botocore ≥ 1.35). Any other object store is refused unless the config accepts the
+Stores speak conditional writes through ``CONDITIONAL_STORES``: S3's ``IfNoneMatch``/``IfMatch`` (AWS S3 and
+S3-compatible servers; botocore ≥ 1.35) and GCS's generation preconditions (``ifGenerationMatch``, the generation
+standing for the ETag). Any other object store is refused unless the config accepts the
 risk (``lock.unsafe_without_conditional_writes``), in which case the lock is a local file that keeps out runs on
 this machine only.
 """
@@ -32,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import fsspec
 
@@ -98,10 +100,66 @@ class S3Store:
             log.warning("lease %s/%s not removed: %s", self.bucket, self.key, e)
 
 
-CONDITIONAL_STORES = {"s3": S3Store, "s3a": S3Store}
+class GCSStore:
+    """Generation preconditions on GCS through gcsfs's JSON-API calls: ``ifGenerationMatch=0`` creates only when no
+    object exists, ``ifGenerationMatch=<generation>`` replaces (or deletes) only the version that was read. The
+    generation plays the part of S3's ETag."""
+
+    def __init__(self, fs: Any, path: str):
+        self.fs = fs
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.object = f"b/{quote(self.bucket, safe='')}/o/{quote(self.key, safe='')}"
+
+    def _put(self, body: bytes, generation: str) -> str | None:
+        # gcsfs's own simple upload offers only ifGenerationMatch=0: the same multipart request, with any generation
+        boundary = uuid.uuid4().hex
+        data = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                f"{json.dumps({'name': self.key})}\r\n--{boundary}\r\nContent-Type: application/json\r\n\r\n"
+                ).encode() + body + f"\r\n--{boundary}--\r\n".encode()
+        try:
+            done = self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o",
+                                uploadType="multipart", ifGenerationMatch=generation, json_out=True, data=data,
+                                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+        except OSError as e:
+            if _precondition_failed(e):  # gcsfs raises FileExistsError for 412 Precondition Failed
+                return None
+            raise
+        return done["generation"]
+
+    def create(self, body: bytes) -> str | None:
+        return self._put(body, "0")
+
+    def replace(self, body: bytes, generation: str) -> str | None:
+        return self._put(body, generation)
+
+    def read(self) -> tuple[dict[str, Any], str, float] | None:
+        """(owner record, generation, seconds since its last write by the store's clock), None when absent."""
+        try:
+            headers, meta = self.fs.call("GET", self.object)
+            meta = json.loads(meta)
+            _, body = self.fs.call("GET", self.object, alt="media", generation=meta["generation"])
+        except FileNotFoundError:  # absent, or replaced between the two reads: as good as absent to a taker
+            return None
+        now = email.utils.parsedate_to_datetime(headers["Date"])
+        updated = dt.datetime.fromisoformat(meta["updated"].replace("Z", "+00:00"))
+        try:
+            record = json.loads(body)
+        except ValueError:
+            record = {}
+        return record, meta["generation"], (now - updated).total_seconds()
+
+    def delete(self, generation: str) -> None:
+        try:
+            self.fs.call("DELETE", self.object, ifGenerationMatch=generation)
+        except (OSError, FileNotFoundError) as e:  # taken over meanwhile, or gone: not ours to delete
+            log.warning("lease %s/%s not removed: %s", self.bucket, self.key, e)
 
 
-def conditional_store(url: str) -> S3Store | None:
+Store = S3Store | GCSStore
+CONDITIONAL_STORES = {"s3": S3Store, "s3a": S3Store, "gs": GCSStore, "gcs": GCSStore}
+
+
+def conditional_store(url: str) -> Store | None:
     """The conditional-write store for the lease object at ``url``, or None when its filesystem has none."""
     fs, path = fsspec.core.url_to_fs(url)
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -141,7 +199,7 @@ class LeaseGuard:
 class Lease:
     """A held lease: its heartbeat thread renews it until ``release``; ``check`` raises once it is lost."""
 
-    def __init__(self, store: S3Store, url: str, body: bytes, etag: str, token: str, expiry_s: float,
+    def __init__(self, store: Store, url: str, body: bytes, etag: str, token: str, expiry_s: float,
                  heartbeat_s: float):
         self.store, self.url, self.body, self.etag = store, url, body, etag
         self.guard = LeaseGuard(url, token, expiry_s)
@@ -181,7 +239,7 @@ class Lease:
             self.store.delete(self.etag)
 
 
-def acquire(store: S3Store, url: str, source: str, expiry_s: float, heartbeat_s: float) -> Lease:
+def acquire(store: Store, url: str, source: str, expiry_s: float, heartbeat_s: float) -> Lease:
     """Take the lease at ``url`` (create it, or take over one past its expiry); LeaseHeld names a live owner."""
     token = uuid.uuid4().hex
     record = {"source": source, "host": socket.gethostname(), "pid": os.getpid(),

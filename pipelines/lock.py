@@ -115,7 +115,7 @@ def output_lock(out: str, source: str, cfg: LockConfig = LockConfig()) -> Iterat
 
 
 @contextmanager
-def _object_lease(store: lease.S3Store, out: str, source: str, cfg: LockConfig) -> Iterator[lease.Lease]:
+def _object_lease(store: lease.Store, out: str, source: str, cfg: LockConfig) -> Iterator[lease.Lease]:
     url = shards.join(out, LOCK_FILE)
     try:
         held = lease.acquire(store, url, source, cfg.expiry_s, cfg.heartbeat_s)
@@ -125,12 +125,28 @@ def _object_lease(store: lease.S3Store, out: str, source: str, cfg: LockConfig) 
     try:
         yield held
         held.check()  # a run that lost its lease mid-way did not finish: say so rather than exit 0
-    except lease.LeaseLost as e:  # the driver's check, or a writer's (a Ray task error is a LeaseLost too)
-        why = held.lost or str(e).strip().splitlines()[-1]
+    except Exception as e:
+        why = held.lost or _lost_reason(held, e)
+        if why is None:
+            raise
         raise OutputLost(f"output {out}: this run lost its lease and stopped writing ({why}); what it wrote "
                          "is valid, rerun to finish") from None
     finally:
         held.release()
+
+
+def _lost_reason(held: lease.Lease, error: Exception) -> str | None:
+    """Why the run lost its lease, if it did: the driver's own LeaseLost, or a writer's. Ray Data hands a writer's
+    error to the driver as a UserCodeException that keeps only its text, so the lease object is asked."""
+    if isinstance(error, lease.LeaseLost):
+        return str(error)
+    try:
+        held.guard.check()
+    except lease.LeaseLost as e:
+        return str(e)
+    except OSError:  # the store is unreachable: the run's own error is the news
+        return None
+    return None
 
 
 @contextmanager

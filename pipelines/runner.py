@@ -301,7 +301,8 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
 
     if lease:
         lease.check()  # the driver's own writes: the ledger merge, quarantine and manifest
-    state.refresh(retried=retry_failed and bool(todo))  # reads only this run's parts
+    if todo:  # nothing written (the lock kept out others): no new part or shard to reconcile, no listing again
+        state.refresh(retried=retry_failed)  # reads only this run's parts
     state.merge_loose()
     result = RunResult(source.name, len(units), len(units) - len(todo), processed, samples,
                        time.time() - start, state.summarize())

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.s3_server"]  # s3_server, s3_bucket: a local S3 endpoint (moto's server) for object-store tests
+pytest_plugins = ["tests.s3_server", "tests.gcs_server"]  # s3_server, s3_bucket (moto's server), gcs_server, gcs_bucket
+# (fake-gcs-server): local object-store endpoints
 
 # Tests run on CPU with tiny models; one thread per process keeps concurrent test processes from thrashing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -13,14 +13,19 @@ subject's phrase is the head noun (spaCy) of the caption or name, else the categ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
+import shutil
+import tempfile
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
+import trimesh
 from pydantic import Field
 
 from datagen import files
@@ -144,19 +149,27 @@ def list_objaverse_units(q: ObjaverseQuery) -> tuple[list[Unit], Counter]:
 
 
 def mesh_files(folder: str) -> list[str]:
-    """Mesh files under ``folder`` (recursively), sorted."""
+    """Mesh files under ``folder`` (recursively; a local path or an fsspec URL), sorted."""
+    if not files.is_local(folder):
+        fs, root = files.url_to_fs(folder)
+        return sorted(fs.unstrip_protocol(p) for p in fs.find(root) if os.path.splitext(p)[1].lower() in FORMATS)
     found = []
-    for root, _, names in os.walk(folder):
+    for root, _, names in os.walk(folder):  # not fsspec's find: os.walk does not follow links into a loop
         found += [os.path.join(root, n) for n in names if os.path.splitext(n)[1].lower() in FORMATS]
     return sorted(found)
 
 
 def file_sha1(path: str) -> str:
     h = hashlib.sha1()
-    with open(path, "rb") as f:
+    with files.open_url(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _name(path: str) -> str:
+    """How a unit names its file: absolute when local, the URL itself in an object store."""
+    return os.path.abspath(path) if files.is_local(path) else path
 
 
 def sidecar_meta(path: str) -> dict[str, Any]:
@@ -164,12 +177,13 @@ def sidecar_meta(path: str) -> dict[str, Any]:
     A sidecar that is not such an object raises BadInput (``bad_sidecar``) naming it."""
     side = os.path.splitext(path)[0] + ".json"
     meta: dict[str, Any] = {"name": os.path.splitext(os.path.basename(path))[0], "tags": [], "categories": []}
-    if not os.path.exists(side):
+    fs, side_path = files.url_to_fs(side)
+    if not fs.exists(side_path):
         return meta
-    if not files.is_regular_file(files.url_to_fs(side)[0], side):
+    if not files.is_regular_file(fs, side_path):
         raise BadInput("bad_sidecar", f"{side}: a FIFO, device or socket, not a file")
     try:
-        with open(side) as f:
+        with fs.open(side_path, "rb") as f:
             found = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput("bad_sidecar", f"{side}: {e}") from None
@@ -191,13 +205,14 @@ def list_file_units(paths: list[str], cache: FileCache | None = None) -> tuple[l
     units, seen, dropped = [], set(), Counter()
     for path in paths:
         if not files.is_regular_file(files.url_to_fs(path)[0], path):  # a FIFO blocks, /dev/zero never ends
-            units.append(Unit.unusable(f"file:{os.path.abspath(path)}",
+            units.append(Unit.unusable(f"file:{_name(path)}",
                                        BadInput("not_a_regular_file", f"{path}: a FIFO, device or socket")))
             continue
-        try:
-            sha1 = cache.get("sha1", path, file_sha1) if cache is not None else file_sha1(path)
+        try:  # the cache is keyed by local mtimes; an object in a store is hashed at each listing
+            sha1 = cache.get("sha1", path, file_sha1) if cache is not None and files.is_local(path) \
+                else file_sha1(path)
         except OSError as e:
-            units.append(Unit.unusable(f"file:{os.path.abspath(path)}", BadInput("unreadable_file", f"{path}: {e}")))
+            units.append(Unit.unusable(f"file:{_name(path)}", BadInput("unreadable_file", f"{path}: {e}")))
             continue
         if sha1 in seen:
             dropped["duplicate_file"] += 1
@@ -208,14 +223,21 @@ def list_file_units(paths: list[str], cache: FileCache | None = None) -> tuple[l
         except BadInput as e:
             units.append(Unit.unusable(f"file:{sha1}", e))
             continue
-        units.append(Unit(f"file:{sha1}", {"sha1": sha1, "path": os.path.abspath(path), "meta": meta}))
+        units.append(Unit(f"file:{sha1}", {"sha1": sha1, "path": _name(path), "meta": meta}))
     return units, dropped
 
 
-def fetch(ref: dict) -> str:
-    """Local path of the unit's mesh, downloading an Objaverse object into the package's cache if needed."""
+@contextlib.contextmanager
+def fetch(ref: dict) -> Iterator[str]:
+    """Local path of the unit's mesh for the renderers (trimesh in a child process, Blender: both read local files):
+    the file itself, a copy of one in an object store, or an Objaverse object downloaded into the package's cache."""
     if ref.get("path"):
-        return ref["path"]
+        if files.is_local(ref["path"]):
+            yield ref["path"]
+        else:
+            with local_copy(ref["path"]) as path:
+                yield path
+        return
     import objaverse
 
     try:
@@ -224,7 +246,49 @@ def fetch(ref: dict) -> str:
         raise BadInput("download_failed", f"{ref['uid']}: {e}") from None
     if ref["uid"] not in paths:
         raise BadInput("download_failed", f"{ref['uid']}: not in objaverse's object paths")
-    return paths[ref["uid"]]
+    yield paths[ref["uid"]]
+
+
+class _StoreResolver(trimesh.resolvers.Resolver):
+    """Side files of a glTF/OBJ in an object store (buffers, materials, textures), fetched as trimesh's loader asks
+    for them and kept beside the local copy under their relative names, so every renderer finds them."""
+
+    def __init__(self, root: str, local_dir: str):
+        self.root, self.local_dir = root, local_dir
+
+    def get(self, name: str) -> bytes:
+        url = files.inside_root(self.root, name.strip())  # a name in the file is untrusted: it stays under root
+        with files.open_url(url) as f:
+            data = f.read()
+        self.write(name.strip(), data)
+        return data
+
+    def write(self, name: str, data: bytes) -> None:
+        local = os.path.join(self.local_dir, os.path.normpath(name))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as f:
+            f.write(data)
+
+    def namespaced(self, namespace: str) -> "_StoreResolver":
+        return _StoreResolver(f"{self.root}/{namespace}", os.path.join(self.local_dir, namespace))
+
+    def keys(self):
+        return []
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """The mesh at ``url`` (an object store) copied into a temporary folder with the side files it names."""
+    with tempfile.TemporaryDirectory(prefix="anystory-mesh-") as tmp:
+        local = os.path.join(tmp, posixpath.basename(url))
+        with files.open_url(url) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if os.path.splitext(local)[1].lower() in (".gltf", ".obj"):  # GLB and PLY are self-contained
+            try:
+                trimesh.load(local, force="scene", resolver=_StoreResolver(url.rsplit("/", 1)[0], tmp))
+            except Exception:  # noqa: BLE001 — the renderer loads it again and quarantines it with the reason
+                pass
+        yield local
 
 
 # ----------------------------------------------------------------------------------------------- captions
@@ -281,8 +345,9 @@ def sample_key(ref: dict) -> str:
 def render_unit(item: Item, p: ObjaverseParams) -> Item:
     """Fetch, render the 7 views, filter, and build the unit's sample (metadata caption; a captioner may follow)."""
     ref = item.unit.ref
-    path = fetch(ref)
-    views = render_views(path, p.render, unit_seed(p.seed, item.unit.id))
+    with fetch(ref) as local:
+        views = render_views(local, p.render, unit_seed(p.seed, item.unit.id))
+    path = ref.get("path") or local  # messages name the input, not a local copy of it
     areas = views.masks.mean(axis=(1, 2))
     if (areas == 0).any():
         raise Rejected("empty_render", f"{path}: nothing drawn in views {[int(j) for j in (areas == 0).nonzero()[0]]}")
@@ -292,7 +357,7 @@ def render_unit(item: Item, p: ObjaverseParams) -> Item:
     caption, phrase = metadata_caption(ref["meta"], p.captions)
     frames = [Frame(views.rgb[j], caption, {"view": v.fields()}) for j, v in enumerate(views.views)]
     subject = Subject(id=0, phrase=phrase, masks={j: views.masks[j] for j in range(len(frames))})
-    provenance = {"uid": ref.get("uid"), "sha1": ref.get("sha1"), "file": os.path.basename(path),
+    provenance = {"uid": ref.get("uid"), "sha1": ref.get("sha1"), "file": posixpath.basename(path),
                   **{k: ref["meta"].get(k) for k in ("name", "tags", "categories", "license", "url")},
                   "mesh": {k: v for k, v in views.info.items() if not k.endswith("_s")}}
     sample = Sample(key=sample_key(ref), source=KIND, frames=frames, subjects=[subject], provenance=provenance,

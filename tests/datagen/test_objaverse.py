@@ -77,11 +77,13 @@ def test_lvis_categories_and_prefetch(fake_objaverse):
 
 
 def test_fetch_downloads_one_object_in_the_worker(fake_objaverse):
-    assert objaverse.fetch({"uid": "e5", "path": None}).endswith("e5.glb")
+    with objaverse.fetch({"uid": "e5", "path": None}) as path:
+        assert path.endswith("e5.glb")
     assert fake_objaverse == [(["e5"], 1)]
-    assert objaverse.fetch({"uid": "e5", "path": "/here.glb"}) == "/here.glb"
-    with pytest.raises(BadInput) as e:
-        objaverse.fetch({"uid": "missing", "path": None})
+    with objaverse.fetch({"uid": "e5", "path": "/here.glb"}) as path:
+        assert path == "/here.glb"
+    with pytest.raises(BadInput) as e, objaverse.fetch({"uid": "missing", "path": None}):
+        pass
     assert e.value.reason == "download_failed"
 
 
@@ -169,3 +171,27 @@ def test_file_hashes_are_kept_between_runs_until_a_file_changes(tmp_path, monkey
     (tmp_path / "b.ply").write_bytes(b"mesh b, edited")  # another size (and mtime): hashed again
     changed = [u.id for u in objaverse.list_file_units(paths, cache)[0]]
     assert len(hashed) == 3 and changed[0] == first[0] and changed[1] == "file:" + real(paths[1]) != first[1]
+
+
+def test_meshes_in_a_bucket_are_listed_hashed_and_copied_with_their_side_files(s3_bucket, tmp_path):
+    """A folder of meshes in an object store lists the same units as on disk; a glTF's buffers and an OBJ's
+    material and texture come along with its local copy, so the renderer loads it textured."""
+    import fsspec
+
+    from datagen.render.meshes import MeshParams, load
+    from datagen.samples.objaverse import make
+
+    folder = make(str(tmp_path))["folder"]
+    remote = f"{s3_bucket}/meshes"
+    fsspec.filesystem("s3").put(f"{folder}/", remote, recursive=True)
+    local_units = objaverse.list_file_units(objaverse.mesh_files(folder))[0]
+    remote_units = objaverse.list_file_units(objaverse.mesh_files(remote))[0]
+    assert [u.id for u in remote_units] == [u.id for u in local_units] and len(remote_units) == 7
+    assert [u.ref["meta"] for u in remote_units] == [u.ref["meta"] for u in local_units]
+    by_name = {u.ref["path"].rsplit("/", 1)[-1]: u for u in remote_units}
+    assert by_name["teal_vase.gltf"].ref["path"] == f"{remote}/teal_vase/teal_vase.gltf"
+    for name in ("teal_vase.gltf", "orange_ring.obj"):
+        original = load(next(u.ref["path"] for u in local_units if u.ref["path"].endswith(name)), MeshParams())
+        with objaverse.fetch(by_name[name].ref) as path:
+            copied = load(path, MeshParams())
+        assert (copied.faces, copied.textured) == (original.faces, original.textured) and original.textured

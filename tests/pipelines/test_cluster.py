@@ -55,6 +55,14 @@ def run(out, address=None):
         ray.shutdown()
 
 
+def writer_nodes(out) -> set[str]:
+    """The nodes whose writers recorded the units: the ``node`` column of the ledger's parquet parts (its folder also
+    holds the source's manifest section, a JSON file)."""
+    fs, path = fsspec.core.url_to_fs(shards.join(str(out), ledger.LEDGER_DIR, "toy"))
+    parts = [p for p in fs.ls(path, detail=False) if p.endswith(".parquet")]
+    return set(pq.read_table(parts, filesystem=fs, columns=["node"])["node"].to_pylist())
+
+
 def test_cluster_run_writes_the_same_keys_as_a_local_run(cluster, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "cluster"
     run(local)
@@ -63,8 +71,7 @@ def test_cluster_run_writes_the_same_keys_as_a_local_run(cluster, tmp_path):
     keys = lambda d: sorted(r["key"] for r in shards.read_table(str(d), shards.INDEX_FILE).to_pylist())  # noqa
     assert keys(remote) == keys(local) and len(keys(local)) == 18
     assert validate(str(remote)).ok
-    nodes = set(pq.read_table(os.path.join(remote, ledger.LEDGER_DIR, "toy"), columns=["node"])["node"].to_pylist())
-    assert len(nodes) == 2, f"writers ran on {nodes}"
+    assert len(writer_nodes(remote)) == 2, f"writers ran on {writer_nodes(remote)}"
 
 
 def test_cluster_run_into_a_bucket_writes_the_same_keys_as_a_local_run(s3_server, cluster, tmp_path):
@@ -76,6 +83,4 @@ def test_cluster_run_into_a_bucket_writes_the_same_keys_as_a_local_run(s3_server
     keys = lambda d: sorted(shards.read_table(str(d), shards.INDEX_FILE).column("key").to_pylist())  # noqa
     assert keys(remote) == keys(local) and len(keys(local)) == 18
     assert validate(remote).ok
-    fs, path = fsspec.core.url_to_fs(shards.join(remote, ledger.LEDGER_DIR, "toy"))
-    nodes = set(pq.read_table(path, filesystem=fs, columns=["node"])["node"].to_pylist())
-    assert len(nodes) == 2, f"writers ran on {nodes}"
+    assert len(writer_nodes(remote)) == 2, f"writers ran on {writer_nodes(remote)}"

@@ -16,6 +16,7 @@ import pytest
 from datagen import shards
 from datagen.shards.validate import validate
 from pipelines import runner
+from pipelines.lease import LeaseLost
 from pipelines.config import PipelineConfig, WriterConfig
 from pipelines.lock import LOCK_FILE, LockConfig, OutputError, OutputLocked, OutputLost, output_lock
 from pipelines.runner import run_source
@@ -77,8 +78,14 @@ def test_second_driver_is_refused_naming_the_owner_and_takes_over_once_the_kille
     assert not fs.exists(path)  # released at the end of the run
 
 
-def test_the_lease_is_renewed_while_held_and_released_at_the_end(s3_bucket):
-    out = f"{s3_bucket}/ds"
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request) -> str:
+    """A new bucket on the local S3 server (If-None-Match / If-Match) or the local GCS emulator (generations)."""
+    return request.getfixturevalue(f"{request.param.replace('gs', 'gcs')}_bucket")
+
+
+def test_the_lease_is_renewed_while_held_and_released_at_the_end(bucket):
+    out = f"{bucket}/ds"
     with output_lock(out, "toy", FAST) as held:
         first = lease_record(out)
         assert first["pid"] == os.getpid() and first["source"] == "toy" and first["expiry_s"] == FAST.expiry_s
@@ -119,6 +126,43 @@ def test_a_run_that_lost_its_lease_stops_writing(s3_bucket, ray_local):
             if ("/shards/" in p or "/_ledger/" in p) and fs.info(p)["LastModified"].timestamp() > taken["at"] + 1.5]
     assert not late, f"written after the lease was lost: {late}"
     assert len(shards.list_shards(out)) < 12, "the run went on to the end"
+
+
+@pytest.mark.slow  # waits out an expiry, twice
+def test_a_second_driver_is_refused_naming_the_owner_and_takes_over_once_the_killed_ones_lease_expires(bucket):
+    """The lease alone (no Ray), on both stores: a live holder in another process keeps a second driver out; killed,
+    its lease is taken over after its expiry."""
+    out = f"{bucket}/ds"
+    holder = hold_lease(out)
+    try:
+        with pytest.raises(OutputLocked, match=f"source coco on host {socket.gethostname()}, pid {holder.pid}"):
+            with output_lock(out, "toy", FAST):
+                pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        time.sleep(FAST.expiry_s + 1.5)
+        with output_lock(out, "toy", FAST) as held:
+            held.guard.check()
+            assert lease_record(out)["source"] == "toy"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_holder_whose_lease_was_overwritten_has_lost_it(bucket):
+    """A taking-over run replaced the lease object: the holder's next renewal (conditional on the version it wrote)
+    is refused, and both its own check and its writers' guard say so."""
+    out = f"{bucket}/ds"
+    fs, lock_path = fsspec.core.url_to_fs(shards.join(out, LOCK_FILE))
+    with pytest.raises(OutputLost, match="taken over by source thief on host elsewhere"):
+        with output_lock(out, "toy", FAST) as held:
+            record = {"source": "thief", "host": "elsewhere", "pid": 1, "start_time": "2026", "token": "theirs"}
+            fs.pipe_file(lock_path, json.dumps(record).encode())
+            time.sleep(FAST.heartbeat_s * 4)
+            with pytest.raises(LeaseLost, match="taken over by source thief"):
+                held.guard.check()
+            held.check()
+    assert lease_record(out)["token"] == "theirs"  # the holder did not remove the new owner's lease
 
 
 def test_a_store_without_conditional_writes_is_refused_unless_the_config_accepts_the_risk(monkeypatch, tmp_path):

@@ -66,13 +66,18 @@ def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
     assert all(f in manifest for f in shards.MANIFEST_FIELDS)
 
 
-def test_rerun_writes_nothing_and_deleted_shard_is_rebuilt_alone(ray_local, tmp_path):
+def test_rerun_writes_nothing_and_deleted_shard_is_rebuilt_alone(ray_local, tmp_path, monkeypatch):
     out = tmp_path / "ds"
     run(out)
     names, mtimes, parts = state(out)
     keys_before = {r["key"] for r in shards.read_table(str(out), shards.INDEX_FILE).to_pylist()}
-    again = run(out)
+    listings = []
+    with monkeypatch.context() as m:  # a listing of 100 k shards in a bucket is 100 requests: once is enough
+        real = shards.list_shards
+        m.setattr(shards, "list_shards", lambda *a: listings.append(a) or real(*a))
+        again = run(out)
     assert sum(again.processed.values()) == 0 and again.skipped == len(UNITS)
+    assert len(listings) == 1  # the reconcile at start; with nothing written there is nothing more to reconcile
     assert state(out) == (names, mtimes, parts)  # not a byte rewritten
 
     victim = names[1]
