@@ -138,6 +138,11 @@ MUTANTS = {
     # the router sees the background's routing feature for every subject (its subject input lost)
     "router_blind_to_subjects": _edit(_M, "encode_subjects", "routing=slots(routing)",
                                       "routing=slots(routing[-1:].expand_as(routing))"),
+    # the subject QFormer reads zeros instead of CLIP's tokens: Eq. 5's subject embeddings carry no subject
+    "subject_tokens_zeroed": _edit(_M, "encode_subjects",
+                                   "embeds = self.subject_qformer(tokens.to(self.subject_qformer.dtype))",
+                                   "embeds = self.subject_qformer(torch.zeros_like(tokens).to(self.subject_qformer"
+                                   ".dtype))"),
     # no gradient into the ReferenceNet
     "reference_net_no_grad": _edit(_M, "encode_subjects", "torch.set_grad_enabled(torch.is_grad_enabled() and any(",
                                    "torch.set_grad_enabled(False and any("),
