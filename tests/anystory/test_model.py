@@ -115,6 +115,22 @@ def test_drop_replaces_subject_embeddings_by_the_background(tiny):
     torch.testing.assert_close(run(model, inputs, cond).noise_pred[0], run(model, inputs, uncond).noise_pred[0])
 
 
+def test_subject_embeddings_are_the_qformer_of_each_subjects_clip_tokens(tiny):
+    """Eq. 2: E_i = QFormer(CLIP's penultimate tokens of subject i's image), slot by slot; E_{N+1} is the zero
+    image's. Two subjects' embeddings differ because their images do."""
+    from anystory.model import clip_hidden_states
+
+    model, _ = tiny
+    subjects = make_subjects([[True, True]])
+    with torch.no_grad():
+        e = model.encode_subjects(subjects).embeddings[0]
+        pixels = subjects.clip_pixel_values[0]
+        pixels = torch.cat([pixels, torch.zeros_like(pixels[:1])])
+        want = model.subject_qformer(clip_hidden_states(model.clip, pixels))
+    torch.testing.assert_close(e, want)
+    assert not torch.allclose(e[0], e[1])
+
+
 def test_routing_masks_replace_the_router(tiny):
     model, _ = tiny
     gt = torch.zeros(1, 2, LATENT, LATENT)

@@ -72,7 +72,7 @@ CAUGHT_BY = {
     "reference_net_no_grad": [f"{LEARN}::test_stage1_step_trains_the_reference_path_and_nothing_frozen",
                               f"{MODEL}::test_stage1_gradients_reach_every_trainable_parameter_and_nothing_else"],
     "reference_attention_off": [f"{LEARN}::test_stage1_step_trains_the_reference_path_and_nothing_frozen"],
-    "subject_tokens_zeroed": [f"{LEARN}::test_stage1_learns_to_use_the_reference"],
+    "subject_tokens_zeroed": [f"{MODEL}::test_subject_embeddings_are_the_qformer_of_each_subjects_clip_tokens"],
 }
 
 
