@@ -145,7 +145,7 @@ def _lost_reason(held: lease.Lease, error: Exception) -> str | None:
     except lease.LeaseLost as e:
         return str(e)
     except OSError:  # the store is unreachable: the run's own error is the news
-        return None
+        pass
     return None
 
 

@@ -58,6 +58,8 @@ def prompt(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
 def chunks(phrases: list[str], tokens: Callable[[str], int], limit: int) -> list[list[str]]:
     """``phrases`` in order, packed greedily into groups whose ``prompt`` takes at most ``limit`` tokens (special
     tokens included); a phrase too long alone goes alone (the tokenizer then cuts it to ``limit``)."""
+    if tokens(prompt(phrases)[0]) <= limit:  # the common case: one tokenization per image on the labeling path
+        return [phrases]
     groups: list[list[str]] = []
     for ph in phrases:
         if groups and tokens(prompt(groups[-1] + [ph])[0]) <= limit:

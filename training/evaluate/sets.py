@@ -258,10 +258,9 @@ def load(set_path: str | None, shards_dir: str | None, limit: int | None, seeds:
             path = SHIPPED / set_path
         if path.is_dir():
             specs = [p for p in (path / "spec.yaml", path / "spec.jsonl") if p.is_file()]
-            bench = None if specs else msbench.find(path)
             if specs:
                 samples += load_spec(specs[0], seeds)
-            elif bench:
+            elif bench := msbench.find(path):
                 samples += msbench.load(*bench, seeds)
             else:
                 samples += dreambench.load(path, seeds, unique_token)
