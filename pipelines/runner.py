@@ -36,24 +36,11 @@ from pipelines.config import PipelineConfig, WriterConfig, config_hash, storage_
 from pipelines.lease import Lease, LeaseGuard
 from pipelines.lock import output_lock
 from pipelines.progress import RunBar
+from pipelines.run_actors import KeyClaims, ShardNumbers
 from pipelines.sources import Source
 from pipelines.stages import ActorStage, CrashLog, TaskStage, apply, items_of, unit_row
 
 log = logging.getLogger(__name__)
-
-
-class ShardNumbers:
-    """Hands out shard numbers of one source: holes left by deleted shards first, then new ones."""
-
-    def __init__(self, used: list[int]):
-        self.used = set(used)
-        self.next_free = 0
-
-    def next(self) -> int:
-        while self.next_free in self.used:
-            self.next_free += 1
-        self.used.add(self.next_free)
-        return self.next_free
 
 
 def write_batch(batch: dict[str, np.ndarray], *, out: str, source: str, numbers: Any, claims: Any, run_id: str,
@@ -270,7 +257,7 @@ def _run_locked(source: Source, cfg: PipelineConfig, limit: int | None, retry_fa
             registry.announce_missing(list(specs), cfg.registry)
         init_ray(cfg)
         numbers = ray.remote(num_cpus=0)(ShardNumbers).remote(state.shard_numbers())
-        claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(state.kept_keys())
+        claims = ray.remote(num_cpus=0)(KeyClaims).remote(state.kept_keys())
         stages = source.stages(scfg, specs)
         check_resources(stages, cfg.writer.num_cpus, ray.cluster_resources(), local=not cfg.ray.address)
         run_id = uuid.uuid4().hex[:12]

@@ -10,6 +10,7 @@ import pytest
 
 from datagen import shards
 from pipelines import ledger
+from pipelines.run_actors import KeyClaims
 from tests.shard_factory import make_sample
 
 
@@ -39,7 +40,7 @@ def index_keys(out):
 
 
 def test_key_claims_refuse_another_units_key_and_allow_a_retry():
-    claims = ledger.KeyClaims(pa.array(["k-old"]))
+    claims = KeyClaims(pa.array(["k-old"]))
     refused = claims.claim({"u1": ["k-old"], "u2": ["k2", "k3"], "u3": ["k9", "k3"], "u4": ["k4", "k4"]})
     assert set(refused) == {"u1", "u3", "u4"}
     assert "already in the dataset" in refused["u1"] and "unit u2" in refused["u3"]

@@ -133,14 +133,15 @@ def test_a_key_of_another_unit_is_that_units_duplicate_key_once(ray_local, tmp_p
 def test_a_retried_writer_batch_never_leaves_a_key_twice(ray_local, tmp_path, sample_factory):
     import ray
 
-    from pipelines.runner import ShardNumbers, write_batch
+    from pipelines.run_actors import KeyClaims, ShardNumbers
+    from pipelines.runner import write_batch
     from pipelines.stages import batch_of
     from datagen.units import Item, Unit
 
     out = str(tmp_path / "ds")
     items = [Item(Unit(f"u{i}"), samples=[sample_factory(key=f"k{i}")]) for i in range(3)]
     numbers = ray.remote(num_cpus=0)(ShardNumbers).remote([])
-    claims = ray.remote(num_cpus=0)(ledger.KeyClaims).remote(pa.array([], pa.string()))
+    claims = ray.remote(num_cpus=0)(KeyClaims).remote(pa.array([], pa.string()))
     kw = dict(out=out, source="toy", numbers=numbers, claims=claims, run_id="r", max_shard_bytes=10**9,
               jpeg_quality=90)
     first = write_batch(batch_of(items), **kw)
