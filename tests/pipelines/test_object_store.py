@@ -46,6 +46,7 @@ def test_coco_from_a_bucket_into_a_bucket_with_credentials_only_in_the_config(s3
     monkeypatch.setenv("FSSPEC_S3", "{}")  # restored (removed) after the test, as is fsspec's config
     monkeypatch.setitem(fsspec.config.conf, "s3", dict(fsspec.config.conf.get("s3", {})))
     s3fs.S3FileSystem.clear_instance_cache()
+    ray.shutdown()  # a Ray of the run's own: its workers inherit the storage variables the CLI sets before it starts
     try:
         assert cli_main(["coco", "--config", str(config)]) == 0
         ray_logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")

@@ -92,6 +92,7 @@ def test_every_source_reads_its_inputs_from_the_bucket_and_writes_there(s3_serve
     for name, d in (("sample", doc), ("img2dataset", from_img2dataset)):
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(d))
+    ray.shutdown()  # a Ray of the run's own: its workers inherit the storage variables the CLI sets before it starts
     try:
         assert cli_main(["all", "--config", str(configs["sample"]), "--models", "tiny"]) == 0
         assert cli_main(["urls", "--config", str(configs["img2dataset"]), "--models", "tiny"]) == 0
