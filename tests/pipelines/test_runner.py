@@ -3,6 +3,8 @@ shard, retry of failed units, failure isolation in batches, bad configs refused 
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -37,6 +39,17 @@ def units_of_part_holding(out, shard):
     rows = ledger.Ledger.read(str(out), "toy").rows.to_pylist()
     part = next(r["part"] for r in rows if shard in r["shards"])
     return [r["unit_id"] for r in rows if r["part"] == part]
+
+
+def test_the_runs_small_actors_come_from_modules_that_import_no_torch():
+    """Each Ray actor is a process that imports its class's module: the run's shard-number, key-claim and crash-log
+    actors start in ~0.5 s from light modules, ~5 s from one that imports torch (every run pays it)."""
+    from pipelines import runner
+
+    modules = {cls.__module__ for cls in (runner.ShardNumbers, runner.KeyClaims, runner.CrashLog)}
+    code = f"import sys; import {', '.join(sorted(modules))}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", modules
 
 
 def test_first_run_writes_a_valid_dataset_with_quarantine(ray_local, tmp_path):
