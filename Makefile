@@ -48,7 +48,7 @@ dataset: setup
 # tests use one core (OMP_NUM_THREADS=1), so two fill a 2-core machine. More cores: TEST_WORKERS=4 (each ~2-3 GB).
 TEST_WORKERS ?= 2
 test: dataset
-	@echo "test: the fast suite on $(TEST_WORKERS) processes, ~12 min on 2 cores (slowest tests listed at the end)"
+	@echo "test: the fast suite on $(TEST_WORKERS) processes, ~10-12 min on 2 cores (slowest tests listed at the end)"
 	ANYSTORY_SAMPLE_DATASET=$(SAMPLE_OUT) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # Slow tests (long pipeline runs, multi-process Ray cluster, real-size shapes): not in the default run.
