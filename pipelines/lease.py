@@ -96,7 +96,7 @@ class S3Store:
     def delete(self, etag: str) -> None:
         try:
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=etag)
-        except (OSError, FileNotFoundError) as e:  # taken over meanwhile, or gone: not ours to delete
+        except OSError as e:  # taken over meanwhile, or gone (FileNotFoundError): not ours to delete
             log.warning("lease %s/%s not removed: %s", self.bucket, self.key, e)
 
 
@@ -151,7 +151,7 @@ class GCSStore:
     def delete(self, generation: str) -> None:
         try:
             self.fs.call("DELETE", self.object, ifGenerationMatch=generation)
-        except (OSError, FileNotFoundError) as e:  # taken over meanwhile, or gone: not ours to delete
+        except OSError as e:  # taken over meanwhile, or gone (FileNotFoundError): not ours to delete
             log.warning("lease %s/%s not removed: %s", self.bucket, self.key, e)
 
 
